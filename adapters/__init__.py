@@ -1,0 +1,21 @@
+"""Source adapters, one module per source, registered by their one name."""
+
+from __future__ import annotations
+
+from covid_cxr_unified.adapters.base import Adapter
+from covid_cxr_unified.adapters.ieee8023 import Ieee8023Adapter
+from covid_cxr_unified.harmonize.errors import HarmonizeError
+from covid_cxr_unified.schema.vocab import Source
+
+ADAPTERS: dict[Source, type[Adapter]] = {
+    Source.IEEE8023: Ieee8023Adapter,
+}
+
+
+def adapter_class(name: str) -> type[Adapter]:
+    """The adapter registered under `name` (e.g. 'ieee8023')."""
+    try:
+        return ADAPTERS[Source(name)]
+    except (ValueError, KeyError):
+        known = ", ".join(s.value for s in ADAPTERS)
+        raise HarmonizeError(f"unknown source {name!r}; known sources: {known}") from None

@@ -1,0 +1,291 @@
+"""The adapter base: every source is read through it.
+
+An adapter declares its source facts and two short methods: `items()` lists raw items (rows, files)
+and `to_record()` maps one raw item to a Record. The base does the rest: discovery checks, image
+loading and probing, validation, exclusion and quarantine accounting, unmapped-vocabulary counting
+and progress. Every raw item ends as exactly one of: record, excluded (with reason), quarantined
+(with reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import JsonValue, ValidationError
+from tqdm import tqdm
+
+from covid_cxr_unified.schema.record import ImageRef, Record
+from covid_cxr_unified.schema.vocab import Source
+
+T = TypeVar("T")
+
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+
+
+class ExcludeItem(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by `to_record` for an item outside the scope of the build (e.g. CT)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class QuarantineItem(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised while reading or mapping an item that is in scope but cannot be trusted."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One raw input item: a metadata row, an annotation file, an image file."""
+
+    key: str
+    source_file: str
+    row: int | None
+    fields: Mapping[str, JsonValue]
+    image_path: str | None = None  # relative to the adapter's image root, when the item has an image
+
+
+@dataclass(frozen=True)
+class Emitted:
+    record: Record
+    image_bytes: bytes | None
+
+
+@dataclass(frozen=True)
+class ItemNote:
+    key: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class AdapterReport:
+    """Counts for one source. `input_items == records + Σexcluded + Σquarantined` always holds."""
+
+    source: str
+    input_items: int = 0
+    records: int = 0
+    excluded: Counter[str] = field(default_factory=Counter)
+    quarantined: Counter[str] = field(default_factory=Counter)
+    unmapped: dict[str, Counter[str]] = field(default_factory=dict)
+    flags: Counter[str] = field(default_factory=Counter)
+    excluded_items: list[ItemNote] = field(default_factory=list)
+    quarantined_items: list[ItemNote] = field(default_factory=list)
+    notes: dict[str, JsonValue] = field(default_factory=dict)
+
+    def reconciles(self) -> bool:
+        accounted = self.records + sum(self.excluded.values()) + sum(self.quarantined.values())
+        return self.input_items == accounted
+
+    def summary(self) -> dict[str, Any]:
+        """The `inspect --json` shape."""
+        return {
+            "source": self.source,
+            "input_items": self.input_items,
+            "records": self.records,
+            "excluded": dict(sorted(self.excluded.items())),
+            "quarantined": dict(sorted(self.quarantined.items())),
+            "unmapped": {f: dict(sorted(c.items())) for f, c in sorted(self.unmapped.items())},
+        }
+
+    def details(self) -> dict[str, Any]:
+        """Everything, for the build report."""
+        return {
+            **self.summary(),
+            "reconciles": self.reconciles(),
+            "flags": dict(sorted(self.flags.items())),
+            "excluded_items": [vars(n) for n in self.excluded_items],
+            "quarantined_items": [vars(n) for n in self.quarantined_items],
+            "notes": self.notes,
+        }
+
+
+class MappingContext:
+    """Passed to `to_record`: exact vocabulary look-ups that count what they cannot map."""
+
+    def __init__(self, report: AdapterReport) -> None:
+        self._report = report
+        self.flags: list[str] = []
+
+    def lookup(self, field_name: str, table: Mapping[str, T], raw: str | None) -> T | None:
+        """`table[raw]`, or None; a non-blank raw value missing from the table is counted as unmapped."""
+        if raw is None:
+            return None
+        if raw in table:
+            return table[raw]
+        self.unmapped(field_name, raw)
+        return None
+
+    def unmapped(self, field_name: str, raw: str) -> None:
+        self._report.unmapped.setdefault(field_name, Counter())[raw] += 1
+
+    def flag(self, flag: str) -> None:
+        """A value kept as published but worth a look (implausible lab value, conflicting sex, …)."""
+        self.flags.append(flag)
+        self._report.flags[flag] += 1
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    sha256: str
+    format: str
+    mode: str
+    width: int
+    height: int
+    bits_stored: int
+
+
+_BITS_BY_MODE = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "CMYK": 8, "I;16": 16, "I;16B": 16}
+
+
+def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImageProbe:
+    """Hash and fully decode image bytes; raise QuarantineItem for anything a user could not load."""
+    if not data:
+        raise QuarantineItem("image empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise QuarantineItem("image too large", f"{width}x{height} > {max_pixels} pixels")
+            img.load()
+            fmt, mode = img.format or "unknown", img.mode
+    except QuarantineItem:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise QuarantineItem("image unreadable", str(exc)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise QuarantineItem("image unreadable", str(exc)) from exc
+    return ImageProbe(
+        sha256=hashlib.sha256(data).hexdigest(),
+        format=fmt,
+        mode=mode,
+        width=width,
+        height=height,
+        bits_stored=_BITS_BY_MODE.get(mode, 8),
+    )
+
+
+def image_ref(path: str, probe: ImageProbe, archive: str | None = None) -> ImageRef:
+    return ImageRef(
+        path=path,
+        archive=archive,
+        sha256=probe.sha256,
+        format=probe.format,
+        mode=probe.mode,
+        width=probe.width,
+        height=probe.height,
+        bits_stored=probe.bits_stored,
+        photometric_interpretation=None,
+    )
+
+
+class Adapter(ABC):
+    """Base of every source adapter. Subclasses declare source facts as class attributes."""
+
+    name: ClassVar[Source]
+    version: ClassVar[str]
+    title: ClassVar[str]
+    homepage: ClassVar[str]
+    citation: ClassVar[str]  # BibTeX
+    access: ClassVar[str]  # how a user obtains the files
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        images: Path | None = None,
+        metadata_only: bool = False,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
+        self.root = root
+        self.images = images
+        self.metadata_only = metadata_only
+        self.max_image_pixels = max_image_pixels
+        self.report = AdapterReport(source=self.name.value)
+
+    # --- what an adapter declares -------------------------------------------------------------
+    @abstractmethod
+    def discover(self) -> None:
+        """Find and check the source files; raise SourceNotFoundError/SourceFormatError saying what
+        is missing, where it looked and how to obtain it."""
+
+    @abstractmethod
+    def items(self) -> Iterator[SourceItem]:
+        """Every raw input item, in a deterministic order."""
+
+    @abstractmethod
+    def to_record(self, item: SourceItem, image: ImageRef | None, ctx: MappingContext) -> Record:
+        """Map one raw item; raise ExcludeItem or QuarantineItem when it cannot become a record."""
+
+    def read_image(self, item: SourceItem) -> bytes:
+        """The bytes of the item's image; raise QuarantineItem('image missing') when absent."""
+        if self.images is None or item.image_path is None:
+            raise QuarantineItem("image missing", "no images folder given")
+        path = self.images / item.image_path
+        if not path.is_file():
+            raise QuarantineItem("image missing", str(item.image_path))
+        return path.read_bytes()
+
+    def check_scope(self, item: SourceItem, ctx: MappingContext) -> None:  # noqa: B027 - optional hook
+        """Raise ExcludeItem for out-of-scope items before any image is read."""
+
+    # --- what the base does ---------------------------------------------------------------------
+    def run(self, *, progress: bool = False) -> Iterator[Emitted]:
+        """Yield one Emitted per record; fill `self.report` as it goes."""
+        self.discover()
+        for item in tqdm(self.items(), desc=f"{self.name.value}", unit=" items", disable=not progress):
+            emitted = self._process(item)
+            if emitted is not None:
+                yield emitted
+
+    def _process(self, item: SourceItem) -> Emitted | None:
+        self.report.input_items += 1
+        ctx = MappingContext(self.report)
+        try:
+            self.check_scope(item, ctx)
+            data, ref = self._load_image(item)
+            record = self.to_record(item, ref, ctx)
+        except ExcludeItem as exc:
+            self.report.excluded[exc.reason] += 1
+            self.report.excluded_items.append(ItemNote(item.key, exc.reason))
+            return None
+        except QuarantineItem as exc:
+            self._quarantine(item, exc.reason, exc.detail)
+            return None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            self._quarantine(item, "record invalid", f"{where}: {first['msg']}")
+            return None
+        self.report.records += 1
+        return Emitted(record, data)
+
+    def _quarantine(self, item: SourceItem, reason: str, detail: str) -> None:
+        self.report.quarantined[reason] += 1
+        self.report.quarantined_items.append(ItemNote(item.key, reason, detail))
+
+    def _load_image(self, item: SourceItem) -> tuple[bytes | None, ImageRef | None]:
+        if self.metadata_only or item.image_path is None:
+            return None, None
+        data = self.read_image(item)
+        probe = probe_image(data, self.max_image_pixels)
+        return data, image_ref(item.image_path, probe)
+
+
+def raw_row(fields: Mapping[str, JsonValue]) -> dict[str, JsonValue]:
+    """A JSON-safe copy of a raw row, keys in source order."""
+    return json.loads(json.dumps(dict(fields), ensure_ascii=False))

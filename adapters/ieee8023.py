@@ -1,0 +1,437 @@
+"""ieee8023 covid-chestxray-dataset: `metadata.csv` (+ `images/`), any of its three header generations."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import JsonValue
+
+from covid_cxr_unified.adapters.base import (
+    Adapter,
+    ExcludeItem,
+    MappingContext,
+    QuarantineItem,
+    SourceItem,
+)
+from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
+from covid_cxr_unified.schema.licenses import UNKNOWN_LICENSE_ID, license_record
+from covid_cxr_unified.schema.record import (
+    Clinical,
+    Covid19Evidence,
+    Covid19Label,
+    FindingLabel,
+    ImageRef,
+    Outcomes,
+    Patient,
+    Provenance,
+    Record,
+    Study,
+    ViewInfo,
+)
+from covid_cxr_unified.schema.vocab import (
+    FINDING_CUI,
+    Covid19Basis,
+    Finding,
+    LabelState,
+    Modality,
+    OffsetReference,
+    Sex,
+    Source,
+    View,
+    ViewBasis,
+)
+
+F = Finding
+POS, NEG, NM = LabelState.POSITIVE, LabelState.NEGATIVE, LabelState.NOT_MENTIONED
+
+# Raw finding (whitespace-stripped; the raw text is kept on the record) -> positive findings and what
+# the finding says about COVID-19. Plain "Pneumonia" names no cause, so COVID-19 is not mentioned.
+FINDINGS: dict[str, tuple[tuple[Finding, ...], LabelState]] = {
+    # newest generation: hierarchical
+    "Pneumonia/Viral/COVID-19": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.COVID19), POS),
+    "Pneumonia/Viral/SARS": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.SARS), NEG),
+    "Pneumonia/Viral/MERS-CoV": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.MERS), NEG),
+    "Pneumonia/Viral/Varicella": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.VARICELLA), NEG),
+    "Pneumonia/Viral/Influenza": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.INFLUENZA), NEG),
+    "Pneumonia/Viral/Influenza/H1N1": (
+        (F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.INFLUENZA, F.INFLUENZA_H1N1),
+        NEG,
+    ),
+    "Pneumonia/Viral/Herpes": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.HERPES), NEG),
+    "Pneumonia/Bacterial": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA), NEG),
+    "Pneumonia/Bacterial/Streptococcus": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.STREPTOCOCCUS), NEG),
+    "Pneumonia/Bacterial/Mycoplasma": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.MYCOPLASMA), NEG),
+    "Pneumonia/Bacterial/Klebsiella": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.KLEBSIELLA), NEG),
+    "Pneumonia/Bacterial/Legionella": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.LEGIONELLA), NEG),
+    "Pneumonia/Bacterial/Nocardia": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.NOCARDIA), NEG),
+    "Pneumonia/Bacterial/E.Coli": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.E_COLI), NEG),
+    "Pneumonia/Bacterial/Chlamydophila": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.CHLAMYDOPHILA), NEG),
+    "Pneumonia/Bacterial/Staphylococcus/MRSA": (
+        (F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.STAPHYLOCOCCUS, F.MRSA),
+        NEG,
+    ),
+    "Pneumonia/Fungal/Pneumocystis": ((F.PNEUMONIA, F.FUNGAL_PNEUMONIA, F.PNEUMOCYSTIS), NEG),
+    "Pneumonia/Fungal/Aspergillosis": ((F.PNEUMONIA, F.FUNGAL_PNEUMONIA, F.ASPERGILLOSIS), NEG),
+    "Pneumonia/Lipoid": ((F.PNEUMONIA, F.LIPOID_PNEUMONIA), NEG),
+    "Pneumonia/Aspiration": ((F.PNEUMONIA, F.ASPIRATION_PNEUMONIA), NEG),
+    "Pneumonia": ((F.PNEUMONIA,), NM),
+    "Tuberculosis": ((F.TUBERCULOSIS,), NEG),
+    "No Finding": ((F.NO_FINDING,), NEG),
+    # earlier generations: flat labels
+    "COVID-19": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.COVID19), POS),
+    "COVID-19, ARDS": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.COVID19, F.ARDS), POS),
+    "SARS": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.SARS), NEG),
+    "MERS": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.MERS), NEG),
+    "ARDS": ((F.ARDS,), NM),
+    "Streptococcus": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.STREPTOCOCCUS), NEG),
+    "Pneumocystis": ((F.PNEUMONIA, F.FUNGAL_PNEUMONIA, F.PNEUMOCYSTIS), NEG),
+    "Legionella": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.LEGIONELLA), NEG),
+    "Klebsiella": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.KLEBSIELLA), NEG),
+    "Chlamydophila": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.CHLAMYDOPHILA), NEG),
+    "E.Coli": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.E_COLI), NEG),
+    "Mycoplasma Bacterial Pneumonia": ((F.PNEUMONIA, F.BACTERIAL_PNEUMONIA, F.MYCOPLASMA), NEG),
+    "Varicella": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.VARICELLA), NEG),
+    "Influenza": ((F.PNEUMONIA, F.VIRAL_PNEUMONIA, F.INFLUENZA), NEG),
+    "Lipoid": ((F.PNEUMONIA, F.LIPOID_PNEUMONIA), NEG),
+}
+
+# Findings the maintainers say are not part of the dataset (issue #149): excluded by scope.
+NOT_IN_DATASET_FINDINGS = {"todo", "Unknown"}
+
+VIEWS: dict[str, View] = {
+    "PA": View.PA,
+    "AP": View.AP,
+    "AP Supine": View.AP_SUPINE,
+    "AP Erect": View.AP,  # an AP film taken upright; the raw value is kept
+    "L": View.LATERAL,
+}
+CT_VIEWS = {"Axial", "Coronal"}
+
+MODALITIES: dict[str, Modality] = {"X-ray": Modality.XR, "CT": Modality.CT}
+SEXES: dict[str, Sex] = {"M": Sex.MALE, "F": Sex.FEMALE}
+YES_NO: dict[str, bool] = {"Y": True, "N": False}
+PCR_RESULTS: dict[str, LabelState] = {"Y": LabelState.POSITIVE, "Unclear": LabelState.UNCERTAIN}
+
+# All 12 raw spellings of the newest file, exactly (the single space is a blank in disguise).
+LICENSES: dict[str, str] = {
+    "": UNKNOWN_LICENSE_ID,
+    " ": UNKNOWN_LICENSE_ID,
+    "CC BY-NC-SA": "LicenseRef-CC-BY-NC-SA-unversioned",
+    "CC BY-NC-SA 4.0": "CC-BY-NC-SA-4.0",
+    "CC BY 3.0": "CC-BY-3.0",
+    "CC BY-NC-ND": "LicenseRef-CC-BY-NC-ND-unversioned",
+    "CC BY-NC-ND 4.0": "CC-BY-NC-ND-4.0",
+    "Apache 2.0": "Apache-2.0",
+    "listed as authorized for everyone": "LicenseRef-ieee8023-authorized-for-everyone",
+    "CC BY 4.0": "CC-BY-4.0",
+    "CC BY": "LicenseRef-CC-BY-unversioned",
+    "CC BY-SA": "LicenseRef-CC-BY-SA-unversioned",
+}
+
+DATE_FORMATS: tuple[tuple[str, bool], ...] = (  # (strptime format, has a day)
+    ("%Y", False),
+    ("%B %d, %Y", True),
+    ("%b %d, %Y", True),
+    ("%m/%d/%y", True),
+    ("%m/%d/%Y", True),
+    ("%B %Y", False),
+    ("%d %B %Y", True),
+)
+
+OUTCOME_COLUMNS = {
+    "survival": "survival",
+    "intubated": "intubated",
+    "intubation_present": "intubation_present",
+    "went_icu": "went_icu",
+    "in_icu": "in_icu",
+    "needed_supplemental_O2": "needed_supplemental_o2",
+    "extubated": "extubated",
+}
+CLINICAL_COLUMNS = {
+    "temperature": "temperature_c",
+    "pO2_saturation": "po2_saturation",
+    "leukocyte_count": "leukocyte_count",
+    "neutrophil_count": "neutrophil_count",
+    "lymphocyte_count": "lymphocyte_count",
+}
+# (column, low, high): values outside are kept as published and flagged.
+PLAUSIBLE_RANGES = (
+    ("temperature", 30.0, 45.0),
+    ("pO2_saturation", 0.0, 100.0),
+    ("lymphocyte_count", 0.0, 50.0),
+)
+
+
+@dataclass(frozen=True)
+class HeaderGeneration:
+    name: str
+    marker: str  # a column only this generation (or a later one) has
+
+
+# Newest first: the first whose marker is present wins.
+GENERATIONS = (
+    HeaderGeneration("2020-07+ hierarchical findings, RT_PCR_positive", "RT_PCR_positive"),
+    HeaderGeneration("2020-04..06 flat findings, went_icu", "went_icu"),
+    HeaderGeneration("2020-03 Patientid, url, notes", "patientid"),
+)
+# Early spellings -> current column names.
+COLUMN_ALIASES = {"Patientid": "patientid", "notes": "clinical_notes"}
+REQUIRED_COLUMNS = ("patientid", "finding", "view", "filename", "license")
+
+
+class Ieee8023Adapter(Adapter):
+    name: ClassVar[Source] = Source.IEEE8023
+    version: ClassVar[str] = "1.0.0"
+    title: ClassVar[str] = "COVID-19 image data collection (ieee8023 covid-chestxray-dataset)"
+    homepage: ClassVar[str] = "https://github.com/ieee8023/covid-chestxray-dataset"
+    citation: ClassVar[str] = (
+        "@article{cohen2020covid,\n"
+        "  title={COVID-19 image data collection},\n"
+        "  author={Joseph Paul Cohen and Paul Morrison and Lan Dao},\n"
+        "  journal={arXiv 2003.11597},\n"
+        "  year={2020}\n}"
+    )
+    access: ClassVar[str] = (
+        "git clone https://github.com/ieee8023/covid-chestxray-dataset and pass the clone (or its "
+        "metadata.csv) as --ieee8023"
+    )
+
+    def __init__(self, root: Path, **kwargs: object) -> None:
+        metadata = root if root.name.endswith(".csv") else root / "metadata.csv"
+        images = kwargs.pop("images", None) or metadata.parent / "images"
+        super().__init__(metadata.parent, images=images, **kwargs)  # type: ignore[arg-type]
+        self.metadata = metadata
+        self.generation = ""
+        self._sexes_by_patient: dict[str, set[str]] = {}
+        self._seen_filenames: set[str] = set()
+
+    def discover(self) -> None:
+        if not self.metadata.is_file():
+            raise SourceNotFoundError(
+                f"ieee8023: no metadata.csv at {self.metadata}; {self.access}"
+            )
+        data = self.metadata.read_bytes()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise SourceFormatError(f"ieee8023: {self.metadata.name} line {line} is not UTF-8") from exc
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if header is None:
+            raise SourceFormatError(f"ieee8023: {self.metadata.name} is empty")
+        self.header = [COLUMN_ALIASES.get(h.strip(), h.strip()) for h in header]
+        missing = [c for c in REQUIRED_COLUMNS if c not in self.header]
+        if missing:
+            raise SourceFormatError(
+                f"ieee8023: {self.metadata.name} lacks column(s) {', '.join(missing)}; header is "
+                f"{','.join(header)}"
+            )
+        self.generation = next(g.name for g in GENERATIONS if g.marker in self.header)
+        self.release = f"{self.generation}; metadata.csv sha256:{hashlib.sha256(data).hexdigest()[:16]}"
+        self._raw_header = header
+        self._lines = list(reader)
+        self._sexes_by_patient = self._sexes_per_patient()
+
+    def _sexes_per_patient(self) -> dict[str, set[str]]:
+        sexes: dict[str, set[str]] = defaultdict(set)
+        pid, sex = self.header.index("patientid"), self.header.index("sex") if "sex" in self.header else -1
+        for line in self._lines:
+            if sex >= 0 and len(line) == len(self.header) and line[sex].strip():
+                sexes[line[pid].strip()].add(line[sex].strip())
+        conflicts = {p: sorted(s) for p, s in sexes.items() if len(s) > 1}
+        self.report.notes["sex_conflicts"] = {p: list(v) for p, v in sorted(conflicts.items())}
+        return dict(sexes)
+
+    def items(self) -> Iterator[SourceItem]:
+        for number, line in enumerate(self._lines, start=1):
+            fields: dict[str, JsonValue]
+            if len(line) == len(self.header):
+                fields = dict(zip(self._raw_header, line, strict=True))
+            else:
+                fields = {"_malformed_fields": list(line)}
+            filename = line[self.header.index("filename")] if len(line) == len(self.header) else None
+            yield SourceItem(
+                key=filename or f"row {number}",
+                source_file=self.metadata.name,
+                row=number,
+                fields=fields,
+                image_path=filename or None,
+            )
+
+    def _column(self, item: SourceItem, column: str) -> str:
+        """The cell of a current-name column, '' when this generation lacks the column."""
+        if column not in self.header:
+            return ""
+        value = item.fields[self._raw_header[self.header.index(column)]]
+        return value if isinstance(value, str) else ""
+
+    def check_scope(self, item: SourceItem, ctx: MappingContext) -> None:
+        if "_malformed_fields" in item.fields:
+            n = len(item.fields["_malformed_fields"])  # type: ignore[arg-type]
+            raise QuarantineItem("malformed row", f"{n} fields, header has {len(self.header)}")
+        cell = self._column
+        if cell(item, "folder").strip() == "volumes":
+            raise ExcludeItem("CT volume: not a chest X-ray")
+        if self._modality_raw(item) == "CT":
+            raise ExcludeItem("CT slice: not a chest X-ray")
+        finding = cell(item, "finding").strip()
+        if finding in NOT_IN_DATASET_FINDINGS:
+            raise ExcludeItem(f"finding '{finding}': not part of the dataset (ieee8023 #149)")
+        if not cell(item, "filename").strip():
+            raise QuarantineItem("filename missing")
+        if not cell(item, "patientid").strip():
+            raise QuarantineItem("patientid missing")
+        if cell(item, "filename") in self._seen_filenames:
+            raise QuarantineItem("duplicate filename")
+        self._seen_filenames.add(cell(item, "filename"))
+
+    def _modality_raw(self, item: SourceItem) -> str:
+        raw = self._column(item, "modality").strip()
+        if raw or "modality" in self.header:
+            return raw
+        # The earliest header has no modality column; there, CT slices are the Axial/Coronal views.
+        return "CT" if self._column(item, "view").strip() in CT_VIEWS else "X-ray"
+
+    def to_record(self, item: SourceItem, image: ImageRef | None, ctx: MappingContext) -> Record:
+        cell = self._column
+        pid = cell(item, "patientid").strip()
+        filename = cell(item, "filename")
+        finding_raw = cell(item, "finding")
+        findings, covid_state = ctx.lookup("finding", FINDINGS, finding_raw.strip() or None) or ((), NM)
+        modality = ctx.lookup("modality", MODALITIES, self._modality_raw(item) or None) or Modality.XR
+        self._flag_values(item, ctx, pid)
+        offset = _int_or_none(ctx, "offset", cell(item, "offset").strip())
+        date, year = _parse_date(ctx, cell(item, "date").strip())
+        license_raw = cell(item, "license")
+        license_id = ctx.lookup("license", LICENSES, license_raw) or UNKNOWN_LICENSE_ID
+        credit = cell(item, "doi").strip() or cell(item, "url").strip()
+        return Record(
+            record_id=f"ieee8023:{filename}",
+            source=Source.IEEE8023,
+            release=self.release,
+            patient=Patient(
+                patient_id=f"ieee8023:{pid}",
+                sex=ctx.lookup("sex", SEXES, cell(item, "sex").strip() or None),
+                age_years=_float_or_none(ctx, "age", cell(item, "age").strip()),
+            ),
+            study=Study(study_date=date, study_year=year, date_raw=cell(item, "date") or None),
+            image=image,
+            modality=modality,
+            view=self._view(item, ctx),
+            findings=tuple(
+                FindingLabel(finding=f, state=POS, cui=FINDING_CUI.get(f), raw=finding_raw) for f in findings
+            ),
+            covid19=_covid19(covid_state, finding_raw, self._pcr(item, ctx)),
+            offset_days=offset,
+            offset_reference=OffsetReference.SYMPTOM_ONSET_OR_ADMISSION if offset is not None else None,
+            outcomes=Outcomes(
+                **{
+                    attr: ctx.lookup(col, YES_NO, cell(item, col).strip() or None)
+                    for col, attr in OUTCOME_COLUMNS.items()
+                }
+            ),
+            clinical=Clinical(
+                **{
+                    attr: _float_or_none(ctx, col, cell(item, col).strip())
+                    for col, attr in CLINICAL_COLUMNS.items()
+                }
+            ),
+            license=license_record(
+                license_id,
+                license_raw,
+                attribution=f"{credit} ({license_raw.strip() or 'license not stated'}), "
+                "via ieee8023/covid-chestxray-dataset",
+            ),
+            provenance=Provenance(
+                source_file=item.source_file,
+                row=item.row,
+                adapter_version=self.version,
+                flags=tuple(ctx.flags),
+            ),
+            raw=dict(item.fields),
+        )
+
+    def _view(self, item: SourceItem, ctx: MappingContext) -> ViewInfo:
+        raw = self._column(item, "view")
+        view = ctx.lookup("view", VIEWS, raw.strip() or None)
+        if view is None:
+            return ViewInfo(view=View.UNKNOWN, raw=raw or None, basis=ViewBasis.NONE)
+        return ViewInfo(view=view, raw=raw, basis=ViewBasis.METADATA)
+
+    def _pcr(self, item: SourceItem, ctx: MappingContext) -> Covid19Evidence | None:
+        raw = self._column(item, "RT_PCR_positive").strip()
+        state = ctx.lookup("RT_PCR_positive", PCR_RESULTS, raw or None)
+        return None if state is None else Covid19Evidence(basis=Covid19Basis.PCR, state=state, raw=raw)
+
+    def _flag_values(self, item: SourceItem, ctx: MappingContext, pid: str) -> None:
+        if len(self._sexes_by_patient.get(pid, ())) > 1:
+            ctx.flag("sex conflicts within patient")
+        if self._column(item, "").strip():
+            ctx.flag("notes spilled into the unnamed trailing column")
+        for column, low, high in PLAUSIBLE_RANGES:
+            value = self._column(item, column).strip()
+            try:
+                number = float(value) if value else None
+            except ValueError:
+                continue
+            if number is not None and not low <= number <= high:
+                ctx.flag(f"implausible {column}")
+
+
+def _covid19(from_finding: LabelState, finding_raw: str, pcr: Covid19Evidence | None) -> Covid19Label:
+    evidence = [Covid19Evidence(basis=Covid19Basis.PUBLICATION, state=from_finding, raw=finding_raw)]
+    if pcr is not None:
+        evidence.append(pcr)
+    if from_finding is NM:
+        return Covid19Label(state=NM, basis=Covid19Basis.NONE, evidence=tuple(evidence))
+    pcr_confirms = pcr is not None and pcr.state is from_finding
+    basis = Covid19Basis.PCR if pcr_confirms else Covid19Basis.PUBLICATION
+    return Covid19Label(state=from_finding, basis=basis, evidence=tuple(evidence))
+
+
+def _int_or_none(ctx: MappingContext, column: str, raw: str) -> int | None:
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        ctx.unmapped(column, raw)
+        return None
+
+
+def _float_or_none(ctx: MappingContext, column: str, raw: str) -> float | None:
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        ctx.unmapped(column, raw)
+        return None
+
+
+def _parse_date(ctx: MappingContext, raw: str) -> tuple[dt.date | None, int | None]:
+    """(date when the day is known, year when the year is known)."""
+    if not raw:
+        return None, None
+    for fmt, has_day in DATE_FORMATS:
+        try:
+            parsed = dt.datetime.strptime(raw, fmt)
+        except ValueError:
+            continue
+        return (parsed.date() if has_day else None), parsed.year
+    try:  # "January 12": a day without a year
+        dt.datetime.strptime(f"{raw} 2000", "%B %d %Y")
+        return None, None
+    except ValueError:
+        ctx.unmapped("date", raw)
+        return None, None
+

@@ -1,0 +1,3 @@
+from covid_cxr_unified.harmonize.cli import main
+
+main()

@@ -1,0 +1,172 @@
+"""The `covid-cxr` command: a thin layer over the library. Typed errors become one line + exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from covid_cxr_unified.harmonize.errors import HarmonizeError
+
+app = typer.Typer(
+    name="covid-cxr",
+    help="Harmonize public COVID-19 chest X-ray datasets into one Hugging Face `datasets` build.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+PathArg = Annotated[Path, typer.Argument(help="folder or file of the source, as its publisher ships it")]
+OutOpt = Annotated[Path, typer.Option("--out", help="output folder of the build")]
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="hide progress bars")]
+
+
+def _fail(exc: HarmonizeError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(exc.exit_code)
+
+
+@app.command()
+def build(
+    ieee8023: Annotated[
+        Path | None, typer.Option("--ieee8023", help="ieee8023 dataset folder or its metadata.csv")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option("--images", help="the ieee8023 images/ folder, if not beside metadata.csv")
+    ] = None,
+    out: OutOpt = Path("covid_cxr_unified"),
+    metadata_only: Annotated[bool, typer.Option("--metadata-only", help="records without image bytes")] = False,
+    split_ratios: Annotated[str, typer.Option("--split-ratios", help="train,validation,test")] = "0.8,0.1,0.1",
+    no_progress: NoProgress = False,
+) -> None:
+    """Build the Hugging Face dataset folder from the given sources.
+
+    Example: covid-cxr build --ieee8023 covid-chestxray-dataset/ --out covid_cxr_unified
+    """
+    from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec
+    from covid_cxr_unified.harmonize.build import build as run_build
+    from covid_cxr_unified.harmonize.splits import SplitRatios
+    from covid_cxr_unified.schema.vocab import Source
+
+    try:
+        specs = []
+        if ieee8023 is not None:
+            specs.append(SourceSpec(Source.IEEE8023, ieee8023, images))
+        options = BuildOptions(
+            out=out,
+            metadata_only=metadata_only,
+            ratios=SplitRatios.parse(split_ratios),
+            progress=not no_progress,
+        )
+        result = run_build(specs, options)
+    except HarmonizeError as exc:
+        raise _fail(exc) from None
+    for config in result.configs:
+        counts = ", ".join(f"{split} {n}" for split, n in config.split_counts.items())
+        typer.echo(f"{config.name}: {counts}")
+    typer.echo(f"wrote {result.out} (report: {result.out / 'build_report.md'})")
+
+
+@app.command()
+def demo(
+    out: OutOpt = Path("covid_cxr_unified"),
+    sources_dir: Annotated[
+        Path, typer.Option("--sources-dir", help="where the synthetic sources are written")
+    ] = Path("demo-sources"),
+    seed: Annotated[int, typer.Option(help="seed of the synthetic sources")] = 0,
+    no_progress: NoProgress = False,
+) -> None:
+    """Write small synthetic sources that mirror the real layouts, then build them.
+
+    Example: covid-cxr demo && python -c "from datasets import load_dataset; print(load_dataset('covid_cxr_unified', 'ieee8023'))"
+    """
+    from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec
+    from covid_cxr_unified.harmonize.build import build as run_build
+    from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
+    from covid_cxr_unified.schema.vocab import Source
+
+    try:
+        fixture = write_ieee8023(sources_dir / "ieee8023", seed=seed)
+        specs = [SourceSpec(Source.IEEE8023, fixture.root)]
+        result = run_build(specs, BuildOptions(out=out, progress=not no_progress))
+    except HarmonizeError as exc:
+        raise _fail(exc) from None
+    for config in result.configs:
+        counts = ", ".join(f"{split} {n}" for split, n in config.split_counts.items())
+        typer.echo(f"{config.name}: {counts}")
+    typer.echo(f"wrote {result.out}; load it with:")
+    typer.echo(f"  HF_HUB_OFFLINE=1 python -c \"from datasets import load_dataset; "
+               f"print(load_dataset('{result.out}', '{result.configs[0].name}'))\"")
+
+
+@app.command()
+def inspect(
+    source: Annotated[str, typer.Argument(help="source name: ieee8023")],
+    path: PathArg,
+    images: Annotated[Path | None, typer.Option("--images", help="images folder, if not the default")] = None,
+    metadata_only: Annotated[bool, typer.Option("--metadata-only", help="do not read images")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the counts as JSON")] = False,
+    records_jsonl: Annotated[
+        Path | None, typer.Option("--records-jsonl", help="write the harmonized records (no image bytes)")
+    ] = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Parse a source without writing a dataset and account for every input item.
+
+    Example: covid-cxr inspect ieee8023 covid-chestxray-dataset/metadata.csv --metadata-only --json
+    """
+    from covid_cxr_unified.harmonize.inspect import inspect_source
+
+    try:
+        report = inspect_source(
+            source, path, images=images, metadata_only=metadata_only, records_jsonl=records_jsonl,
+            progress=not no_progress and not as_json,
+        )
+    except HarmonizeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(report.summary(), ensure_ascii=False, indent=2))
+    else:
+        typer.echo(
+            f"{report.source}: {report.input_items} items = {report.records} records + "
+            f"{sum(report.excluded.values())} excluded + {sum(report.quarantined.values())} quarantined"
+        )
+        for title, counts in (("excluded", report.excluded), ("quarantined", report.quarantined)):
+            for reason, n in sorted(counts.items()):
+                typer.echo(f"  {title}: {reason}: {n}")
+        for field_name, counter in sorted(report.unmapped.items()):
+            typer.echo(f"  unmapped {field_name}: {dict(counter)}")
+    if not report.reconciles():
+        typer.echo("error: counts do not reconcile", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def schema(
+    check: Annotated[bool, typer.Option("--check", help="fail if the committed schema is out of date")] = False,
+) -> None:
+    """Write (or --check) the JSON Schema of the record model.
+
+    Example: covid-cxr schema --check
+    """
+    from covid_cxr_unified.schema.jsonschema import check_schema, write_schema
+
+    try:
+        if check:
+            check_schema()
+            typer.echo("record.schema.json is up to date")
+        else:
+            typer.echo(f"wrote {write_schema()}")
+    except HarmonizeError as exc:
+        raise _fail(exc) from None
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,33 @@
+"""Dry run of one source: parse, map and account for every item without writing a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from covid_cxr_unified.adapters import adapter_class
+from covid_cxr_unified.adapters.base import AdapterReport
+from covid_cxr_unified.harmonize.errors import BuildError
+
+
+def inspect_source(
+    source: str,
+    path: Path,
+    *,
+    images: Path | None = None,
+    metadata_only: bool = False,
+    records_jsonl: Path | None = None,
+    progress: bool = False,
+) -> AdapterReport:
+    adapter = adapter_class(source)(path, images=images, metadata_only=metadata_only)
+    try:
+        handle = None if records_jsonl is None else records_jsonl.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise BuildError(f"cannot write {records_jsonl}: {exc.strerror}") from exc
+    try:
+        for emitted in adapter.run(progress=progress):
+            if handle is not None:
+                handle.write(emitted.record.model_dump_json() + "\n")
+    finally:
+        if handle is not None:
+            handle.close()
+    return adapter.report

@@ -1,0 +1,91 @@
+"""Streaming Parquet shard writer: bounded memory, HF-compatible names and schema metadata."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from covid_cxr_unified.harmonize.features import FEATURES
+
+DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
+_ROW_GROUP_ROWS = 100
+
+
+class ShardWriter:
+    """Writes `<prefix>-XXXXX-of-NNNNN.parquet` shards of at most ~`max_shard_bytes` image bytes.
+
+    Rows are buffered per row group; a shard is closed when its payload passes the limit. Shard
+    names get their final `-of-N` only at `close()`, when N is known.
+    """
+
+    def __init__(self, folder: Path, prefix: str, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+        self.folder = folder
+        self.prefix = prefix
+        self.max_shard_bytes = max_shard_bytes
+        self.rows = 0
+        self._schema: pa.Schema = FEATURES.arrow_schema
+        self._buffer: list[dict[str, Any]] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._shard_bytes = 0
+        self._paths: list[Path] = []
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._buffer.append(FEATURES.encode_example(row))
+        image = row.get("image")
+        self._shard_bytes += len(image["bytes"]) if image else 0
+        self.rows += 1
+        if len(self._buffer) >= _ROW_GROUP_ROWS:
+            self._flush()
+        if self._shard_bytes >= self.max_shard_bytes:
+            self._flush()
+            self._close_shard()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        if self._writer is None:
+            path = self.folder / f"{self.prefix}-{len(self._paths):05d}.parquet.partial"
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(path, self._schema, compression="zstd")
+            self._paths.append(path)
+        self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self._schema))
+        self._buffer = []
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._shard_bytes = 0
+
+    def close(self) -> list[Path]:
+        """Finish and rename the shards; an empty split still gets one (empty) shard."""
+        self._flush()
+        if not self._paths:
+            self._flush_empty()
+        self._close_shard()
+        total = len(self._paths)
+        final = []
+        for index, partial in enumerate(self._paths):
+            path = self.folder / f"{self.prefix}-{index:05d}-of-{total:05d}.parquet"
+            partial.rename(path)
+            final.append(path)
+        return final
+
+    def _flush_empty(self) -> None:
+        path = self.folder / f"{self.prefix}-00000.parquet.partial"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(path, self._schema, compression="zstd")
+        self._writer.write_table(self._schema.empty_table())
+        self._paths.append(path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
