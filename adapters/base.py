@@ -210,8 +210,10 @@ class Adapter(ABC):
         images: Path | None = None,
         metadata_only: bool = False,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        related: Mapping[Source, Path] | None = None,
     ) -> None:
         self.root = root
+        self.related = dict(related or {})  # other sources of the same build, e.g. for linkage
         self.images = images
         self.metadata_only = metadata_only
         self.max_image_pixels = max_image_pixels

@@ -62,12 +62,13 @@ class BuildResult:
     fingerprint: str
 
 
-def make_adapter(spec: SourceSpec, options: BuildOptions) -> Adapter:
+def make_adapter(spec: SourceSpec, options: BuildOptions, related: dict[Source, Path]) -> Adapter:
     return adapter_class(spec.source.value)(
         spec.path,
         images=spec.images,
         metadata_only=options.metadata_only,
         max_image_pixels=options.max_image_pixels,
+        related=related,
     )
 
 
@@ -81,7 +82,11 @@ def build(specs: Sequence[SourceSpec], options: BuildOptions) -> BuildResult:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        configs = [_build_config(spec, staging, options) for spec in sorted(specs, key=lambda s: s.source)]
+        paths = {spec.source: spec.path for spec in specs}
+        configs = [
+            _build_config(make_adapter(spec, options, paths), staging, options)
+            for spec in sorted(specs, key=lambda s: s.source)
+        ]
         fingerprint = _fingerprint(staging, configs)
         write_report(staging, configs, fingerprint)
         (staging / "README.md").write_text(render_card(configs, fingerprint), encoding="utf-8")
@@ -94,9 +99,8 @@ def build(specs: Sequence[SourceSpec], options: BuildOptions) -> BuildResult:
     return BuildResult(out=out, configs=configs, fingerprint=fingerprint)
 
 
-def _build_config(spec: SourceSpec, staging: Path, options: BuildOptions) -> ConfigResult:
-    adapter = make_adapter(spec, options)
-    name = spec.source.value
+def _build_config(adapter: Adapter, staging: Path, options: BuildOptions) -> ConfigResult:
+    name = adapter.name.value
     folder = staging / "data" / name
     writers = {split: ShardWriter(folder, split, options.max_shard_bytes) for split in SPLITS}
     groups: dict[str, list[str]] = defaultdict(list)

@@ -34,8 +34,15 @@ def build(
     ieee8023: Annotated[
         Path | None, typer.Option("--ieee8023", help="ieee8023 dataset folder or its metadata.csv")
     ] = None,
+    v7: Annotated[
+        Path | None, typer.Option("--v7", help="V7 Darwin COCO export (json or zip) or Darwin JSON folder/zip")
+    ] = None,
+    bimcv: Annotated[
+        Path | None, typer.Option("--bimcv", help="BIMCV COVID-19+ release folder or folder of .tar.gz parts")
+    ] = None,
     images: Annotated[
-        Path | None, typer.Option("--images", help="the ieee8023 images/ folder, if not beside metadata.csv")
+        Path | None,
+        typer.Option("--images", help="the ieee8023 images/ folder (also V7's images), if not beside metadata.csv"),
     ] = None,
     out: OutOpt = Path("covid_cxr_unified"),
     metadata_only: Annotated[bool, typer.Option("--metadata-only", help="records without image bytes")] = False,
@@ -52,9 +59,9 @@ def build(
     from covid_cxr_unified.schema.vocab import Source
 
     try:
-        specs = []
-        if ieee8023 is not None:
-            specs.append(SourceSpec(Source.IEEE8023, ieee8023, images))
+        given = {Source.IEEE8023: ieee8023, Source.V7_DARWIN: v7, Source.BIMCV: bimcv}
+        shared_images = {Source.IEEE8023: images, Source.V7_DARWIN: images, Source.BIMCV: None}
+        specs = [SourceSpec(s, path, shared_images[s]) for s, path in given.items() if path is not None]
         options = BuildOptions(
             out=out,
             metadata_only=metadata_only,
@@ -83,14 +90,12 @@ def demo(
 
     Example: covid-cxr demo && python -c "from datasets import load_dataset; print(load_dataset('covid_cxr_unified', 'ieee8023'))"
     """
-    from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec
+    from covid_cxr_unified.harmonize.build import BuildOptions
     from covid_cxr_unified.harmonize.build import build as run_build
-    from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
-    from covid_cxr_unified.schema.vocab import Source
+    from covid_cxr_unified.harmonize.synthetic import write_demo_sources
 
     try:
-        fixture = write_ieee8023(sources_dir / "ieee8023", seed=seed)
-        specs = [SourceSpec(Source.IEEE8023, fixture.root)]
+        specs = write_demo_sources(sources_dir, seed=seed)
         result = run_build(specs, BuildOptions(out=out, progress=not no_progress))
     except HarmonizeError as exc:
         raise _fail(exc) from None
@@ -104,9 +109,12 @@ def demo(
 
 @app.command()
 def inspect(
-    source: Annotated[str, typer.Argument(help="source name: ieee8023")],
+    source: Annotated[str, typer.Argument(help="source name: ieee8023, v7_darwin or bimcv")],
     path: PathArg,
     images: Annotated[Path | None, typer.Option("--images", help="images folder, if not the default")] = None,
+    ieee8023: Annotated[
+        Path | None, typer.Option("--ieee8023", help="ieee8023 metadata to link against (for v7_darwin)")
+    ] = None,
     metadata_only: Annotated[bool, typer.Option("--metadata-only", help="do not read images")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the counts as JSON")] = False,
     records_jsonl: Annotated[
@@ -123,6 +131,7 @@ def inspect(
     try:
         report = inspect_source(
             source, path, images=images, metadata_only=metadata_only, records_jsonl=records_jsonl,
+            related={} if ieee8023 is None else {"ieee8023": ieee8023},
             progress=not no_progress and not as_json,
         )
     except HarmonizeError as exc:

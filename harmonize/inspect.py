@@ -17,8 +17,10 @@ def inspect_source(
     metadata_only: bool = False,
     records_jsonl: Path | None = None,
     progress: bool = False,
+    related: dict[str, Path] | None = None,
 ) -> AdapterReport:
-    adapter = adapter_class(source)(path, images=images, metadata_only=metadata_only)
+    links = {adapter_class(name).name: linked for name, linked in (related or {}).items()}
+    adapter = adapter_class(source)(path, images=images, metadata_only=metadata_only, related=links)
     try:
         handle = None if records_jsonl is None else records_jsonl.open("w", encoding="utf-8")
     except OSError as exc:
