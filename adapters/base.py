@@ -31,7 +31,7 @@ T = TypeVar("T")
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
 
-class ExcludeItem(Exception):  # noqa: N818 - a control-flow signal, not an error
+class ExcludeItem(Exception):
     """Raised by `to_record` for an item outside the scope of the build (e.g. CT)."""
 
     def __init__(self, reason: str) -> None:
@@ -39,7 +39,7 @@ class ExcludeItem(Exception):  # noqa: N818 - a control-flow signal, not an erro
         self.reason = reason
 
 
-class QuarantineItem(Exception):  # noqa: N818 - a control-flow signal, not an error
+class QuarantineItem(Exception):
     """Raised while reading or mapping an item that is in scope but cannot be trusted."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

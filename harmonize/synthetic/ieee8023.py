@@ -17,16 +17,9 @@ from pathlib import Path
 
 from covid_cxr_unified.harmonize.synthetic.images import encode, synthetic_array
 
-NEWEST_HEADER = (
-    "patientid,offset,sex,age,finding,RT_PCR_positive,survival,intubated,intubation_present,went_icu,"
-    "in_icu,needed_supplemental_O2,extubated,temperature,pO2_saturation,leukocyte_count,neutrophil_count,"
-    "lymphocyte_count,view,modality,date,location,folder,filename,doi,url,license,clinical_notes,"
-    "other_notes,"
-).split(",")
+NEWEST_HEADER = ["patientid", "offset", "sex", "age", "finding", "RT_PCR_positive", "survival", "intubated", "intubation_present", "went_icu", "in_icu", "needed_supplemental_O2", "extubated", "temperature", "pO2_saturation", "leukocyte_count", "neutrophil_count", "lymphocyte_count", "view", "modality", "date", "location", "folder", "filename", "doi", "url", "license", "clinical_notes", "other_notes", ""]
 MID_HEADER = [c for c in NEWEST_HEADER if c != "RT_PCR_positive"]
-EARLY_HEADER = "Patientid,offset,sex,age,finding,survival,view,date,location,filename,doi, url,license,notes".split(
-    ","
-)
+EARLY_HEADER = ["Patientid", "offset", "sex", "age", "finding", "survival", "view", "date", "location", "filename", "doi", " url", "license", "notes"]
 HEADERS = {"newest": NEWEST_HEADER, "mid": MID_HEADER, "early": EARLY_HEADER}
 MID_FINDINGS = {"Pneumonia/Viral/COVID-19": "COVID-19", "Pneumonia/Viral/SARS": "SARS"}
 
