@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -287,7 +286,3 @@ class Adapter(ABC):
         probe = probe_image(data, self.max_image_pixels)
         return data, image_ref(item.image_path, probe)
 
-
-def raw_row(fields: Mapping[str, JsonValue]) -> dict[str, JsonValue]:
-    """A JSON-safe copy of a raw row, keys in source order."""
-    return json.loads(json.dumps(dict(fields), ensure_ascii=False))

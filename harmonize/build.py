@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -53,6 +52,9 @@ class ConfigResult:
     shards: dict[str, list[str]]  # split -> shard paths relative to the build folder
     report: AdapterReport
     licenses: Counter[str]
+
+    def nonempty_splits(self) -> list[str]:
+        return [split for split in SPLITS if self.split_counts[split]]
 
 
 @dataclass
@@ -112,9 +114,7 @@ def _build_config(adapter: Adapter, staging: Path, options: BuildOptions) -> Con
         writers[split].write(record_to_row(emitted.record, emitted.image_bytes))
         groups[group].append(emitted.record.record_id)
         licenses[emitted.record.license.license_id] += 1
-    shards = {
-        split: [p.relative_to(staging).as_posix() for p in writer.close()] for split, writer in writers.items()
-    }
+    shards = {split: [p.relative_to(staging).as_posix() for p in writer.close()] for split, writer in writers.items()}
     _write_manifest(staging / "splits" / f"{name}.jsonl", groups, assignment)
     return ConfigResult(
         name=name,
@@ -155,6 +155,6 @@ def _swap_in(staging: Path, out: Path) -> None:
     previous = out.parent / f".{out.name}.previous"
     shutil.rmtree(previous, ignore_errors=True)
     if out.exists():
-        os.replace(out, previous)
-    os.replace(staging, out)
+        out.replace(previous)
+    staging.replace(out)
     shutil.rmtree(previous, ignore_errors=True)

@@ -44,7 +44,7 @@ def card_yaml(configs: list[ConfigResult], fingerprint: str) -> dict[str, Any]:
                 "config_name": c.name,
                 "default": index == 0,
                 "data_files": [
-                    {"split": split, "path": f"data/{c.name}/{split}-*.parquet"} for split in SPLITS
+                    {"split": split, "path": f"data/{c.name}/{split}-*.parquet"} for split in c.nonempty_splits()
                 ],
             }
             for index, c in enumerate(configs)
@@ -55,7 +55,7 @@ def card_yaml(configs: list[ConfigResult], fingerprint: str) -> dict[str, Any]:
                 "features": FEATURES._to_yaml_list(),
                 "splits": [
                     {"name": split, "num_bytes": c.split_bytes[split], "num_examples": c.split_counts[split]}
-                    for split in SPLITS
+                    for split in c.nonempty_splits()
                 ],
             }
             for c in configs

@@ -80,15 +80,15 @@ def build(
 @app.command()
 def demo(
     out: OutOpt = Path("covid_cxr_unified"),
-    sources_dir: Annotated[
-        Path, typer.Option("--sources-dir", help="where the synthetic sources are written")
-    ] = Path("demo-sources"),
+    sources_dir: Annotated[Path, typer.Option("--sources-dir", help="where the synthetic sources are written")] = Path(
+        "demo-sources"
+    ),
     seed: Annotated[int, typer.Option(help="seed of the synthetic sources")] = 0,
     no_progress: NoProgress = False,
 ) -> None:
     """Write small synthetic sources that mirror the real layouts, then build them.
 
-    Example: covid-cxr demo && python -c "from datasets import load_dataset; print(load_dataset('covid_cxr_unified', 'ieee8023'))"
+    Example: covid-cxr demo --out covid_cxr_unified
     """
     from covid_cxr_unified.harmonize.build import BuildOptions
     from covid_cxr_unified.harmonize.build import build as run_build
@@ -103,8 +103,10 @@ def demo(
         counts = ", ".join(f"{split} {n}" for split, n in config.split_counts.items())
         typer.echo(f"{config.name}: {counts}")
     typer.echo(f"wrote {result.out}; load it with:")
-    typer.echo(f"  HF_HUB_OFFLINE=1 python -c \"from datasets import load_dataset; "
-               f"print(load_dataset('{result.out}', '{result.configs[0].name}'))\"")
+    typer.echo(
+        f'  HF_HUB_OFFLINE=1 python -c "from datasets import load_dataset; '
+        f"print(load_dataset('{result.out}', '{result.configs[0].name}'))\""
+    )
 
 
 @app.command()
@@ -130,7 +132,11 @@ def inspect(
 
     try:
         report = inspect_source(
-            source, path, images=images, metadata_only=metadata_only, records_jsonl=records_jsonl,
+            source,
+            path,
+            images=images,
+            metadata_only=metadata_only,
+            records_jsonl=records_jsonl,
             related={} if ieee8023 is None else {"ieee8023": ieee8023},
             progress=not no_progress and not as_json,
         )

@@ -62,10 +62,9 @@ class ShardWriter:
         self._shard_bytes = 0
 
     def close(self) -> list[Path]:
-        """Finish and rename the shards; an empty split still gets one (empty) shard."""
+        """Finish and rename the shards. An empty split gets none: `datasets` cannot read an empty
+        Parquet shard, so the card declares only splits that have rows."""
         self._flush()
-        if not self._paths:
-            self._flush_empty()
         self._close_shard()
         total = len(self._paths)
         final = []
@@ -74,13 +73,6 @@ class ShardWriter:
             partial.rename(path)
             final.append(path)
         return final
-
-    def _flush_empty(self) -> None:
-        path = self.folder / f"{self.prefix}-00000.parquet.partial"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(path, self._schema, compression="zstd")
-        self._writer.write_table(self._schema.empty_table())
-        self._paths.append(path)
 
 
 def file_sha256(path: Path) -> str:

@@ -17,9 +17,55 @@ from pathlib import Path
 
 from covid_cxr_unified.harmonize.synthetic.images import encode, synthetic_array
 
-NEWEST_HEADER = ["patientid", "offset", "sex", "age", "finding", "RT_PCR_positive", "survival", "intubated", "intubation_present", "went_icu", "in_icu", "needed_supplemental_O2", "extubated", "temperature", "pO2_saturation", "leukocyte_count", "neutrophil_count", "lymphocyte_count", "view", "modality", "date", "location", "folder", "filename", "doi", "url", "license", "clinical_notes", "other_notes", ""]
+NEWEST_HEADER = [
+    "patientid",
+    "offset",
+    "sex",
+    "age",
+    "finding",
+    "RT_PCR_positive",
+    "survival",
+    "intubated",
+    "intubation_present",
+    "went_icu",
+    "in_icu",
+    "needed_supplemental_O2",
+    "extubated",
+    "temperature",
+    "pO2_saturation",
+    "leukocyte_count",
+    "neutrophil_count",
+    "lymphocyte_count",
+    "view",
+    "modality",
+    "date",
+    "location",
+    "folder",
+    "filename",
+    "doi",
+    "url",
+    "license",
+    "clinical_notes",
+    "other_notes",
+    "",
+]
 MID_HEADER = [c for c in NEWEST_HEADER if c != "RT_PCR_positive"]
-EARLY_HEADER = ["Patientid", "offset", "sex", "age", "finding", "survival", "view", "date", "location", "filename", "doi", " url", "license", "notes"]
+EARLY_HEADER = [
+    "Patientid",
+    "offset",
+    "sex",
+    "age",
+    "finding",
+    "survival",
+    "view",
+    "date",
+    "location",
+    "filename",
+    "doi",
+    " url",
+    "license",
+    "notes",
+]
 HEADERS = {"newest": NEWEST_HEADER, "mid": MID_HEADER, "early": EARLY_HEADER}
 MID_FINDINGS = {"Pneumonia/Viral/COVID-19": "COVID-19", "Pneumonia/Viral/SARS": "SARS"}
 
@@ -61,9 +107,7 @@ class Ieee8023Fixture:
     expected_quarantined: dict[str, int]
 
 
-def write_ieee8023(
-    root: Path, *, seed: int = 0, patients: int = 40, generation: str = "newest"
-) -> Ieee8023Fixture:
+def write_ieee8023(root: Path, *, seed: int = 0, patients: int = 40, generation: str = "newest") -> Ieee8023Fixture:
     """Write the folder and return what a correct adapter must find in it."""
     rng = random.Random(seed)
     header = HEADERS[generation]
@@ -145,7 +189,7 @@ def _row(
         "doi": f"10.0000/synthetic.{index}",
         "url": f"https://example.org/case/{index}",
         "license": LICENSE_SPELLINGS[index % len(LICENSE_SPELLINGS)],
-        "clinical_notes": f"Synthetic case {index}, day {study}, with a comma, and \"quotes\".",
+        "clinical_notes": f'Synthetic case {index}, day {study}, with a comma, and "quotes".',
         "other_notes": "",
         "": "",
     }
@@ -155,17 +199,36 @@ def _quirk_rows(rng: random.Random) -> list[dict[str, str]]:
     base = _row(rng, "900", "M", "50", "Pneumonia/Viral/COVID-19", 0, "", 0)
     return [
         {**base, "patientid": "901", "view": "Axial", "modality": "CT", "filename": "syn-ct.png"},
-        {**base, "patientid": "902", "view": "Axial", "modality": "CT", "folder": "volumes",
-         "filename": "syn-volume.nii.gz"},
+        {
+            **base,
+            "patientid": "902",
+            "view": "Axial",
+            "modality": "CT",
+            "folder": "volumes",
+            "filename": "syn-volume.nii.gz",
+        },
         {**base, "patientid": "903", "finding": "todo", "filename": "syn-todo.jpg"},
         {**base, "patientid": "904", "finding": "Unknown", "filename": "syn-unknown.jpg"},
         {**base, "patientid": "905", "filename": "syn-missing.png"},
-        {**base, "patientid": "906", "view": "AP Erect", "finding": "Pneumonia/Viral/Herpes ",
-         "filename": "syn-herpes.JPG"},
+        {
+            **base,
+            "patientid": "906",
+            "view": "AP Erect",
+            "finding": "Pneumonia/Viral/Herpes ",
+            "filename": "syn-herpes.JPG",
+        },
         # one id, two people (sexes differ), as with the real patient 380
         {**base, "patientid": "907", "sex": "F", "filename": "syn-907-a.png"},
-        {**base, "patientid": "907", "sex": "M", "filename": "syn-907-b.png", "temperature": "95",
-         "clinical_notes": "Unquoted, commas", "other_notes": " shifted the note", "": " into the last column"},
+        {
+            **base,
+            "patientid": "907",
+            "sex": "M",
+            "filename": "syn-907-b.png",
+            "temperature": "95",
+            "clinical_notes": "Unquoted, commas",
+            "other_notes": " shifted the note",
+            "": " into the last column",
+        },
     ]
 
 

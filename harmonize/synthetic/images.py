@@ -20,7 +20,8 @@ def synthetic_array(rng: random.Random, width: int, height: int, max_value: int 
     )
     noise = np.random.default_rng(rng.randrange(2**32)).normal(0, 0.03, size=(height, width))
     picture = np.clip(0.15 + 0.7 * body - 0.45 * lungs + noise, 0, 1)
-    return (picture * max_value).round()
+    result: np.ndarray = (picture * max_value).round()
+    return result
 
 
 def encode(array: np.ndarray, *, fmt: str, mode: str) -> bytes:
