@@ -83,6 +83,11 @@ class ImageRef(_Model):
     height: int = Field(gt=0)
     bits_stored: int | None = Field(default=None, ge=1, le=32)
     photometric_interpretation: str | None = None
+    pixel_spacing_mm: tuple[float, float] | None = Field(
+        default=None,
+        description="(row, column) spacing in mm: DICOM Pixel Spacing (0028,0030), else Imager Pixel "
+        "Spacing (0018,1164); None when the source does not say",
+    )
 
     @field_validator("sha256")
     @classmethod
