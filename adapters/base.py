@@ -13,7 +13,7 @@ import hashlib
 import io
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -22,10 +22,12 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import JsonValue, ValidationError
 from tqdm import tqdm
 
+from covid_cxr_unified.adapters.pixels import dhash, pixel_sha256
 from covid_cxr_unified.schema.record import ImageRef, Record
 from covid_cxr_unified.schema.vocab import Source
 
 T = TypeVar("T")
+RecordFilter = Callable[[Record], str | None]
 
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
@@ -146,6 +148,8 @@ class ImageProbe:
     width: int
     height: int
     bits_stored: int
+    pixel_sha256: str
+    perceptual_hash: str
 
 
 _BITS_BY_MODE = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "CMYK": 8, "I;16": 16, "I;16B": 16}
@@ -162,6 +166,7 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
                 raise QuarantineItem("image too large", f"{width}x{height} > {max_pixels} pixels")
             img.load()
             fmt, mode = img.format or "unknown", img.mode
+            identity, near = pixel_sha256(img), dhash(img)
     except QuarantineItem:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
@@ -175,6 +180,8 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
         width=width,
         height=height,
         bits_stored=_BITS_BY_MODE.get(mode, 8),
+        pixel_sha256=identity,
+        perceptual_hash=near,
     )
 
 
@@ -189,6 +196,8 @@ def image_ref(path: str, probe: ImageProbe, archive: str | None = None) -> Image
         height=probe.height,
         bits_stored=probe.bits_stored,
         photometric_interpretation=None,
+        pixel_sha256=probe.pixel_sha256,
+        perceptual_hash=probe.perceptual_hash,
     )
 
 
@@ -245,21 +254,27 @@ class Adapter(ABC):
         """Raise ExcludeItem for out-of-scope items before any image is read."""
 
     # --- what the base does ---------------------------------------------------------------------
-    def run(self, *, progress: bool = False) -> Iterator[Emitted]:
-        """Yield one Emitted per record; fill `self.report` as it goes."""
+    def run(self, *, progress: bool = False, exclude: RecordFilter | None = None) -> Iterator[Emitted]:
+        """Yield one Emitted per record; fill `self.report` as it goes.
+
+        `exclude(record)` may return a reason to exclude a valid record (e.g. a license policy).
+        """
         self.discover()
         for item in tqdm(self.items(), desc=f"{self.name.value}", unit=" items", disable=not progress):
-            emitted = self._process(item)
+            emitted = self._process(item, exclude)
             if emitted is not None:
                 yield emitted
 
-    def _process(self, item: SourceItem) -> Emitted | None:
+    def _process(self, item: SourceItem, exclude: RecordFilter | None = None) -> Emitted | None:
         self.report.input_items += 1
         ctx = MappingContext(self.report)
         try:
             self.check_scope(item, ctx)
             data, ref = self._load_image(item)
             record = self.to_record(item, ref, ctx)
+            reason = None if exclude is None else exclude(record)
+            if reason is not None:
+                raise ExcludeItem(reason)
         except ExcludeItem as exc:
             self.report.excluded[exc.reason] += 1
             self.report.excluded_items.append(ItemNote(item.key, exc.reason))

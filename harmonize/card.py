@@ -1,4 +1,4 @@
-"""Render the build's README.md (the HF dataset card) from cards/ and the build's real counts."""
+"""Render the build's README.md (the HF dataset card), LICENSE.md and ATTRIBUTION.md."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ import yaml
 
 from covid_cxr_unified.adapters import adapter_class
 from covid_cxr_unified.harmonize.features import FEATURES
+from covid_cxr_unified.harmonize.report import guard_lines, label_by_source_lines
 from covid_cxr_unified.harmonize.splits import SPLITS
+from covid_cxr_unified.schema.licenses import LICENSES
 
 if TYPE_CHECKING:
     from covid_cxr_unified.harmonize.build import ConfigResult
+    from covid_cxr_unified.harmonize.guards import GuardReport
+
+LOCAL_ONLY_SOURCES = {"bimcv"}
 
 
 def card_text(name: str) -> str:
@@ -28,24 +33,27 @@ def _size_category(n: int) -> str:
     return "100K<n<1M"
 
 
+def _sources(configs: list[ConfigResult]) -> list[ConfigResult]:
+    return [c for c in configs if c.report is not None]
+
+
 def card_yaml(configs: list[ConfigResult], fingerprint: str) -> dict[str, Any]:
-    total = sum(sum(c.split_counts.values()) for c in configs)
+    total = sum(sum(c.split_counts.values()) for c in _sources(configs))
+    local_only = any(c.name in LOCAL_ONLY_SOURCES for c in _sources(configs))
     return {
         "license": "other",
         "license_name": "mixed-per-record",
         "license_link": "LICENSE.md",
         "pretty_name": "COVID CXR Unified",
         "task_categories": ["image-classification", "image-segmentation"],
-        "tags": ["medical", "chest-x-ray", "covid-19", f"fingerprint-{fingerprint[:16]}"],
+        "tags": ["medical", "chest-x-ray", "covid-19", *(["local-only"] if local_only else [])],
         "size_categories": [_size_category(total)],
         "build_fingerprint": fingerprint,
         "configs": [
             {
                 "config_name": c.name,
                 "default": index == 0,
-                "data_files": [
-                    {"split": split, "path": f"data/{c.name}/{split}-*.parquet"} for split in c.nonempty_splits()
-                ],
+                "data_files": [{"split": split, "path": c.shards[split]} for split in c.nonempty_splits()],
             }
             for index, c in enumerate(configs)
         ],
@@ -76,16 +84,31 @@ def _split_table(configs: list[ConfigResult]) -> str:
     return "\n".join(lines)
 
 
-def render_card(configs: list[ConfigResult], fingerprint: str) -> str:
+def _local_only_notice(configs: list[ConfigResult]) -> str:
+    restricted = sorted(c.name for c in _sources(configs) if c.name in LOCAL_ONLY_SOURCES)
+    if not restricted:
+        return ""
+    return (
+        f"> **Local use only.** This build contains records of {', '.join(restricted)}, whose license "
+        "forbids redistribution of any part. Do not upload or share this folder; `covid-cxr publish` "
+        "refuses it.\n"
+    )
+
+
+def render_card(configs: list[ConfigResult], fingerprint: str, guard: GuardReport) -> str:
     front = yaml.safe_dump(card_yaml(configs, fingerprint), sort_keys=False, allow_unicode=True)
+    sources = _sources(configs)
     body = Template(card_text("template")).substitute(
+        local_only=_local_only_notice(configs),
         configs=", ".join(f"`{c.name}`" for c in configs),
         first_config=configs[0].name,
         split_table=_split_table(configs),
+        guard="\n".join(guard_lines(guard)),
+        label_by_source="\n".join(label_by_source_lines(guard)),
         license_table=_license_table(configs),
         fingerprint=fingerprint,
-        source_cards="\n\n".join(card_text(c.name) for c in configs),
-        citations="\n\n".join(adapter_class(c.name).citation for c in configs),
+        source_cards="\n\n".join(card_text(c.name) for c in sources),
+        citations="\n\n".join(adapter_class(c.name).citation for c in sources),
     )
     return f"---\n{front}---\n\n{body}"
 
@@ -97,3 +120,20 @@ def render_license_file(configs: list[ConfigResult]) -> str:
         + _license_table(configs)
         + "\n"
     )
+
+
+def render_attribution(credits: list[tuple[str, str, str]]) -> str:
+    """Per-image credit, as CC BY requires: record, license (with its link), credit line."""
+    lines = [
+        "# Attribution",
+        "",
+        "Credit for every image in this build, as its license requires.",
+        "",
+        "| record | license | credit |",
+        "|---|---|---|",
+    ]
+    for record_id, license_id, credit in credits:
+        url = LICENSES[license_id].url if license_id in LICENSES else None
+        shown = f"[{license_id}]({url})" if url else license_id
+        lines.append(f"| {record_id} | {shown} | {credit.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

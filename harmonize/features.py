@@ -56,12 +56,15 @@ FEATURES = Features(
         "image": Image(),
         "image_path": _STR,
         "image_sha256": _STR,
+        "image_pixel_sha256": _STR,
+        "image_phash": _STR,
         "image_format": _STR,
         "image_mode": _STR,
         "width": Value("int32"),
         "height": Value("int32"),
         "bits_stored": Value("int32"),
         "photometric_interpretation": _STR,
+        "pixel_spacing_mm": List(_F64, length=2),
         "modality": _STR,
         "view": ClassLabel(names=VIEW_NAMES),
         "view_raw": _STR,
@@ -96,6 +99,7 @@ FEATURES = Features(
         "license_url": _STR,
         "links": List({"record_id": _STR, "patient_id": _STR, "relation": _STR}),
         "provenance": Json(),
+        "merged_from": Json(),
         "raw": Json(),
     }
 )
@@ -131,12 +135,15 @@ def record_to_row(record: Record, image_bytes: bytes | None) -> dict[str, Any]:
         "image": None if image_bytes is None else {"bytes": image_bytes, "path": None},
         "image_path": None if img is None else img.path,
         "image_sha256": None if img is None else img.sha256,
+        "image_pixel_sha256": None if img is None else img.pixel_sha256,
+        "image_phash": None if img is None else img.perceptual_hash,
         "image_format": None if img is None else img.format,
         "image_mode": None if img is None else img.mode,
         "width": None if img is None else img.width,
         "height": None if img is None else img.height,
         "bits_stored": None if img is None else img.bits_stored,
         "photometric_interpretation": None if img is None else img.photometric_interpretation,
+        "pixel_spacing_mm": None if img is None or img.pixel_spacing_mm is None else list(img.pixel_spacing_mm),
         "modality": record.modality.value,
         "view": VIEW_NAMES.index(record.view.view.value),
         "view_raw": record.view.raw,
@@ -177,6 +184,7 @@ def record_to_row(record: Record, image_bytes: bytes | None) -> dict[str, Any]:
             for lk in record.links
         ],
         "provenance": canonical_json(record.provenance.model_dump(mode="json")),
+        "merged_from": canonical_json([]),
         "raw": canonical_json(record.raw),
     }
 

@@ -44,15 +44,31 @@ class ShardWriter:
             self._flush()
             self._close_shard()
 
-    def _flush(self) -> None:
-        if not self._buffer:
+    def write_table(self, table: pa.Table) -> None:
+        """Append rows that are already encoded with FEATURES (e.g. read back from a spool shard)."""
+        if table.num_rows == 0:
             return
+        self._flush()
+        self._shard_writer().write_table(table.cast(self._schema))
+        self.rows += table.num_rows
+        images = table.column("image").combine_chunks()
+        self._shard_bytes += sum(len(b) for b in images.field("bytes").to_pylist() if b is not None)
+        if self._shard_bytes >= self.max_shard_bytes:
+            self._close_shard()
+
+    def _shard_writer(self) -> pq.ParquetWriter:
+        """The open shard, opening the next one if none is open."""
         if self._writer is None:
             path = self.folder / f"{self.prefix}-{len(self._paths):05d}.parquet.partial"
             self.folder.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(path, self._schema, compression="zstd")
             self._paths.append(path)
-        self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self._schema))
+        return self._writer
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        self._shard_writer().write_table(pa.Table.from_pylist(self._buffer, schema=self._schema))
         self._buffer = []
 
     def _close_shard(self) -> None:

@@ -88,6 +88,12 @@ class ImageRef(_Model):
         description="(row, column) spacing in mm: DICOM Pixel Spacing (0028,0030), else Imager Pixel "
         "Spacing (0018,1164); None when the source does not say",
     )
+    pixel_sha256: str | None = Field(
+        default=None, description="sha256 of the decoded pixels (grey or 16-bit), equal for re-encoded copies"
+    )
+    perceptual_hash: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="256-bit difference hash (dHash) of the picture"
+    )
 
     @field_validator("sha256")
     @classmethod

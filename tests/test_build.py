@@ -55,8 +55,8 @@ def test_patients_never_straddle_splits(source: Path, tmp_path: Path) -> None:
         for pid in ds[split]["patient_id"]:
             assert split_of.setdefault(pid, split) == split
     assert len({*split_of.values()}) == 3
-    manifest = [json.loads(line) for line in (out / "splits" / "ieee8023.jsonl").read_text().splitlines()]
-    assert {m["group"]: m["split"] for m in manifest} == split_of
+    manifest = [json.loads(line) for line in (out / "splits" / "groups.jsonl").read_text().splitlines()]
+    assert {p: m["split"] for m in manifest for p in m["patients"]} == split_of
 
 
 def test_none_stays_none_after_loading(source: Path, tmp_path: Path) -> None:
