@@ -19,7 +19,6 @@ from pydantic import JsonValue
 
 from covid_cxr_unified.adapters.base import (
     Adapter,
-    Emitted,
     ExcludeItem,
     MappingContext,
     QuarantineItem,
@@ -230,6 +229,7 @@ class V7DarwinAdapter(Adapter):
         self._rejected: Counter[str] = Counter()
         self._repaired = 0
         self._annotations_input = 0
+        self._annotations_seen = 0
 
     # --- discovery ---------------------------------------------------------------------------
     def discover(self) -> None:
@@ -294,22 +294,21 @@ class V7DarwinAdapter(Adapter):
                 image_path=image.file_name if with_image and image.file_name else None,
             )
 
-    def run(self, *, progress: bool = False) -> Iterator[Emitted]:
-        yield from super().run(progress=progress)
-        self._note_annotations()
-
     def _note_annotations(self) -> None:
+        """Annotation accounting, current after every item: check_scope sees every item first."""
         in_records = sum(self._masks.values()) + sum(self._rejected.values())
         self.report.notes["annotations"] = {
             "input": self._annotations_input,
             "masks_in_records": dict(sorted(self._masks.items())),
             "rejected_in_records": dict(sorted(self._rejected.items())),
             "repaired": self._repaired,
-            "on_images_without_record": self._annotations_input - in_records,
+            "on_images_without_record": self._annotations_seen - in_records,
         }
 
     def check_scope(self, item: SourceItem, ctx: MappingContext) -> None:
         image = self._images[item.key]
+        self._annotations_seen += len(image.annotations)
+        self._note_annotations()
         if image.error is not None:
             raise QuarantineItem("annotation file unreadable", image.error)
         if item.key in self._duplicates:
@@ -373,6 +372,7 @@ class V7DarwinAdapter(Adapter):
             raw=dict(item.fields),
         )
         self._count_masks(masks, rejected, repairs)
+        self._note_annotations()
         return record
 
     def _flag_tags(self, entry: V7Image, tags: Tags, ctx: MappingContext) -> None:

@@ -317,14 +317,18 @@ def read_darwin_v2(document: dict[str, Any], file: JsonFile) -> V7Image:
 
 def _darwin_py_parse(file: JsonFile) -> Any:
     try:
+        from darwin.exceptions import UnrecognizableFileEncoding  # type: ignore[import-untyped]
         from darwin.utils import parse_darwin_json  # type: ignore[import-untyped]
     except ImportError as exc:
         raise SourceFormatError(
             "v7_darwin: Darwin JSON 2.0 is read with darwin-py; install it with pip install 'covid-cxr-unified[darwin]'"
         ) from exc
-    if file.path is not None:
-        return parse_darwin_json(file.path)
-    with tempfile.TemporaryDirectory(prefix="v7-darwin-") as tmp:
-        path = Path(tmp) / "item.json"
-        path.write_bytes(file.data)
-        return parse_darwin_json(path)
+    try:
+        if file.path is not None:
+            return parse_darwin_json(file.path)
+        with tempfile.TemporaryDirectory(prefix="v7-darwin-") as tmp:
+            path = Path(tmp) / "item.json"
+            path.write_bytes(file.data)
+            return parse_darwin_json(path)
+    except UnrecognizableFileEncoding as exc:
+        raise ValueError(f"darwin-py cannot decode the file (not strict JSON?): {exc}") from exc
