@@ -513,12 +513,15 @@ class BimcvAdapter(Adapter):
         table = self._sessions.get(ses)
         dicom_raw = sidecar.text(dicom_json.STUDY_DATE) if sidecar is not None else None
         dicom_date = _yyyymmdd(dicom_raw)
+        date: dt.date | None = dicom_date
+        raw = dicom_raw
+        when = self._session_when.get(ses)
+        if date is None and when is not None:  # another image of the session has the DICOM date
+            date, raw = when[0], when[0].strftime("%Y%m%d")
         if table is not None and table.study_date is not None:
             if dicom_date is not None and dicom_date != table.study_date:
                 ctx.flag("study date: sessions.tsv and DICOM differ")
             date, raw = table.study_date, table.study_date_raw
-        else:
-            date, raw = dicom_date, dicom_raw
         return Study(study_id=ses, study_date=date, study_year=date.year if date else None, date_raw=raw)
 
     def _patient(self, sub: str, sidecar: DicomJson | None, ctx: MappingContext, repairs: list[str]) -> Patient:
@@ -705,12 +708,13 @@ class BimcvAdapter(Adapter):
 
     def _raw(self, path: str, sub: str, ses: str, sidecar: DicomJson | None) -> dict[str, JsonValue]:
         person, session, row = self._participants.get(sub), self._sessions.get(ses), self._labels.get(ses)
+        tests: list[JsonValue] = [t.raw for t in self._tests.get(sub, [])]
         return {
             "file": path,
             "participant": person.raw if person else None,
             "session": session.raw if session else None,
             "labels": row.raw if row else None,
-            "tests": [t.raw for t in self._tests.get(sub, [])],  # type: ignore[misc]
+            "tests": tests,
             "dicom": sidecar.as_json() if sidecar is not None else None,
         }
 
@@ -758,7 +762,7 @@ class BimcvAdapter(Adapter):
                     "files": sum(len(e) for e in self._rois.values()) + len(self._bad_rois),
                     **dict(sorted(rois.items())),
                 },
-                "subjects_not_in_participants": sorted(subjects_with_files - set(self._participants)),
+                "subjects_not_in_participants": [*sorted(subjects_with_files - set(self._participants))],
             }
         )
 

@@ -50,7 +50,7 @@ def display_array(
     else:
         low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
     scaled = np.clip((values - low) / max(high - low, 1e-9), 0.0, 1.0)
-    if photometric_interpretation == "MONOCHROME1":
-        scaled = 1.0 - scaled
     result: np.ndarray = (scaled * 255).round().astype(np.uint8)
+    if photometric_interpretation == "MONOCHROME1":
+        result = 255 - result
     return result

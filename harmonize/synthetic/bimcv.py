@@ -82,6 +82,8 @@ SERIES: tuple[Series, ...] = (
     Series("sub-S03050_ses-E06300_run-4_bp-chest_vp-pa_dx", "DX", "20200320", sidecar="missing", sex="M"),
     Series("sub-S03050_ses-E06301_run-1_bp-chest_vp-ap_dx", "DX", "20200402", 16, "MONOCHROME2", "AP",
            sidecar="broken", sex="M", age="071Y"),
+    Series("sub-S03050_ses-E06301_run-2_bp-chest_vp-ap_dx", "DX", "20200402", 16, "MONOCHROME2", "AP",
+           sex="M", age="071Y"),
 )
 CT_STEM = "sub-S03047_ses-E06214_run-2_bp-chest_ct"
 ROI_IMAGE = "sub-S03044_ses-E06138_run-1_bp-chest_vp-ap_cr"
@@ -244,7 +246,10 @@ def _cui_cell(items: list[str] | None, sep: str) -> str:
 
 def _labels_table(iteration1: bool) -> str:
     sep, cui_sep = ("\t ", "\t") if iteration1 else (", ", ",")
-    quote = (lambda cell: f'"{cell}"' if "\t" in cell else cell) if iteration1 else (lambda cell: cell)
+
+    def quote(cell: str) -> str:  # iteration 1's cells hold tabs, so they are quoted
+        return f'"{cell}"' if iteration1 and "\t" in cell else cell
+
     lines = ["\tPatientID\tReportID\tReport\tLabels\tLocalizations\tLabelsLocalizationsBySentence\tlabelCUIS"
              "\tLocalizationsCUIS"]
     for index, (pid, rid, report, labels, locs, cuis) in enumerate(LABEL_ROWS):
