@@ -317,8 +317,8 @@ def read_darwin_v2(document: dict[str, Any], file: JsonFile) -> V7Image:
 
 def _darwin_py_parse(file: JsonFile) -> Any:
     try:
-        from darwin.exceptions import UnrecognizableFileEncoding  # type: ignore[import-untyped]
-        from darwin.utils import parse_darwin_json  # type: ignore[import-untyped]
+        from darwin.exceptions import UnrecognizableFileEncoding
+        from darwin.utils import parse_darwin_json
     except ImportError as exc:
         raise SourceFormatError(
             "v7_darwin: Darwin JSON 2.0 is read with darwin-py; install it with pip install 'covid-cxr-unified[darwin]'"
