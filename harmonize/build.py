@@ -255,7 +255,9 @@ def _route(table: pa.Table, split_of: dict[str, str], writers: dict[str, ShardWr
         writer.write_table(table.filter(pa.array([s == split for s in splits])))
 
 
-def _close(writers: dict[str, ShardWriter], staging: Path) -> tuple[dict[str, int], dict[str, int], dict[str, list[str]]]:
+def _close(
+    writers: dict[str, ShardWriter], staging: Path
+) -> tuple[dict[str, int], dict[str, int], dict[str, list[str]]]:
     shards = {split: [p.relative_to(staging).as_posix() for p in w.close()] for split, w in writers.items()}
     counts = {split: writers[split].rows for split in SPLITS}
     sizes = {split: sum((staging / p).stat().st_size for p in shards[split]) for split in SPLITS}

@@ -52,10 +52,10 @@ def card_yaml(configs: list[ConfigResult], fingerprint: str) -> dict[str, Any]:
         "configs": [
             {
                 "config_name": c.name,
-                "default": index == 0,
+                "default": c.name == "all",
                 "data_files": [{"split": split, "path": c.shards[split]} for split in c.nonempty_splits()],
             }
-            for index, c in enumerate(configs)
+            for c in configs
         ],
         "dataset_info": [
             {
@@ -101,7 +101,7 @@ def render_card(configs: list[ConfigResult], fingerprint: str, guard: GuardRepor
     body = Template(card_text("template")).substitute(
         local_only=_local_only_notice(configs),
         configs=", ".join(f"`{c.name}`" for c in configs),
-        first_config=configs[0].name,
+        first_config="all",
         split_table=_split_table(configs),
         guard="\n".join(guard_lines(guard)),
         label_by_source="\n".join(label_by_source_lines(guard)),

@@ -47,6 +47,15 @@ def build(
     out: OutOpt = Path("covid_cxr_unified"),
     metadata_only: Annotated[bool, typer.Option("--metadata-only", help="records without image bytes")] = False,
     split_ratios: Annotated[str, typer.Option("--split-ratios", help="train,validation,test")] = "0.8,0.1,0.1",
+    license_policy: Annotated[
+        str,
+        typer.Option(
+            "--license-policy", help="keep records whose licenses permit: any, research, redistributable, commercial"
+        ),
+    ] = "any",
+    id_map: Annotated[
+        Path | None, typer.Option("--id-map", help="CSV of patient_id_a,patient_id_b pairs that are one person")
+    ] = None,
     no_progress: NoProgress = False,
 ) -> None:
     """Build the Hugging Face dataset folder from the given sources.
@@ -55,6 +64,7 @@ def build(
     """
     from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec
     from covid_cxr_unified.harmonize.build import build as run_build
+    from covid_cxr_unified.harmonize.license_policy import parse_policy
     from covid_cxr_unified.harmonize.splits import SplitRatios
     from covid_cxr_unified.schema.vocab import Source
 
@@ -66,6 +76,8 @@ def build(
             out=out,
             metadata_only=metadata_only,
             ratios=SplitRatios.parse(split_ratios),
+            license_policy=parse_policy(license_policy),
+            id_map=id_map,
             progress=not no_progress,
         )
         result = run_build(specs, options)
@@ -105,7 +117,7 @@ def demo(
     typer.echo(f"wrote {result.out}; load it with:")
     typer.echo(
         f'  HF_HUB_OFFLINE=1 python -c "from datasets import load_dataset; '
-        f"print(load_dataset('{result.out}', '{result.configs[0].name}'))\""
+        f"print(load_dataset('{result.out}', 'all'))\""
     )
 
 
@@ -177,6 +189,83 @@ def schema(
             typer.echo(f"wrote {write_schema()}")
     except HarmonizeError as exc:
         raise _fail(exc) from None
+
+
+@app.command()
+def verify(
+    folder: Annotated[Path, typer.Argument(help="a build folder")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the guard report as JSON")] = False,
+) -> None:
+    """Prove that no patient, linked patient group or duplicate picture appears in two splits.
+
+    Example: covid-cxr verify covid_cxr_unified
+    """
+    from covid_cxr_unified.harmonize.guards import verify_splits
+    from covid_cxr_unified.harmonize.report import guard_lines, label_by_source_lines
+
+    try:
+        report = verify_splits(folder)
+    except HarmonizeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        typer.echo("\n".join([*guard_lines(report), *label_by_source_lines(report)]))
+    if not report.ok:
+        for leak in report.leaks:
+            typer.echo(f"leak: {leak.describe()}", err=True)
+        raise typer.Exit(6)
+
+
+@app.command()
+def publish(
+    folder: Annotated[Path, typer.Argument(help="a build folder")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo, ORG/NAME")],
+    private: Annotated[bool, typer.Option("--private", help="create the repo private")] = False,
+) -> None:
+    """Upload a build to the Hugging Face Hub, refusing any record whose license forbids redistribution.
+
+    Example: covid-cxr publish covid_cxr_unified --repo-id my-org/covid-cxr-unified
+    """
+    from covid_cxr_unified.harmonize.publish import publish as run_publish
+
+    try:
+        run_publish(folder, repo_id, private=private)
+    except HarmonizeError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"published {folder} to {repo_id}")
+
+
+@app.command()
+def benchmark(
+    folder: Annotated[Path, typer.Argument(help="a built folder (from covid-cxr build or covid-cxr demo)")],
+    task: Annotated[str, typer.Option("--task", help="covid19, survival or finding:<name>")] = "covid19",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="report folder (Markdown, JSON, PNG plots); default benchmark-<task>")
+    ] = None,
+    lung_masked: Annotated[
+        bool, typer.Option("--lung-masked", help="only records with lung masks; pixels outside the lungs zeroed")
+    ] = False,
+    size: Annotated[int, typer.Option("--size", help="the baseline sees size x size pixels")] = 32,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="bootstrap resamples of the intervals")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap and the model")] = 0,
+) -> None:
+    """Train a small baseline per source, score it on every source's test split, and audit shortcuts.
+
+    Example: covid-cxr benchmark covid_cxr_unified --task covid19 --out benchmark-covid19
+    """
+    from covid_cxr_unified.harmonize.benchmark import BenchmarkOptions, benchmark_build
+    from covid_cxr_unified.harmonize.benchmark_report import render_text, write_report
+
+    report = out or Path(f"benchmark-{task.replace(':', '-')}")
+    try:
+        options = BenchmarkOptions(task=task, seed=seed, n_bootstrap=bootstrap, lung_masked=lung_masked, size=size)
+        result = benchmark_build(folder, options)
+        write_report(result, report)
+    except HarmonizeError as exc:
+        raise _fail(exc) from None
+    typer.echo(render_text(result))
+    typer.echo(f"wrote {report / 'benchmark.md'}")
 
 
 def main() -> None:

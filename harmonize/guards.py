@@ -103,7 +103,9 @@ def verify_splits(target: Path | Mapping[str, Any], near_bits: int | None = NEAR
     report.leaks += _record_leaks(rows)
     report.leaks += _leaks_by_key(rows, "patient", lambda row: [row.patient_id])
     report.leaks += _linked_group_leaks(rows)
-    report.leaks += _leaks_by_key(rows, "identical picture", lambda row: [v for v in (row.sha256, row.pixel_sha256) if v])
+    report.leaks += _leaks_by_key(
+        rows, "identical picture", lambda row: [v for v in (row.sha256, row.pixel_sha256) if v]
+    )
     if near_bits is not None:
         report.leaks += _near_duplicate_leaks(rows, near_bits)
     report.label_by_source = _label_by_source(rows)
@@ -191,11 +193,7 @@ def _leaks_by_key(rows: list[_Row], kind: str, keys_of: Any) -> list[Leak]:
     for row in rows:
         for key in keys_of(row):
             members[key].append(row)
-    return [
-        _leak(kind, key, group)
-        for key, group in sorted(members.items())
-        if len({row.split for row in group}) > 1
-    ]
+    return [_leak(kind, key, group) for key, group in sorted(members.items()) if len({row.split for row in group}) > 1]
 
 
 def _linked_group_leaks(rows: list[_Row]) -> list[Leak]:

@@ -26,3 +26,15 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reaches the network or the user's HF cache."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo build of every synthetic source (read-only: copy it before changing anything)."""
+    from covid_cxr_unified.harmonize.build import BuildOptions, build
+    from covid_cxr_unified.harmonize.synthetic import write_demo_sources
+
+    root = tmp_path_factory.mktemp("demo")
+    specs = write_demo_sources(root / "sources", seed=0)
+    build(specs, BuildOptions(out=root / "covid_cxr_unified", progress=False))
+    return root / "covid_cxr_unified"

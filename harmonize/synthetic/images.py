@@ -32,7 +32,12 @@ def synthetic_array(rng: random.Random, width: int, height: int, max_value: int 
         )
     for _ in range(rng.randint(1, 4)):  # opacities
         picture += rng.uniform(0.15, 0.45) * _blob(
-            x, y, width * rng.random(), height * rng.random(), width * rng.uniform(0.05, 0.2), height * rng.uniform(0.05, 0.2)
+            x,
+            y,
+            width * rng.random(),
+            height * rng.random(),
+            width * rng.uniform(0.05, 0.2),
+            height * rng.uniform(0.05, 0.2),
         )
     angle = rng.uniform(0, 2 * np.pi)
     picture += rng.uniform(0.1, 0.35) * ((x / width - 0.5) * np.cos(angle) + (y / height - 0.5) * np.sin(angle))

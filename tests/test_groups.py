@@ -1,0 +1,91 @@
+"""Split groups: components of patients linked by id, links, id maps and (near-)duplicate pictures."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from covid_cxr_unified.adapters.pixels import dhash, hamming, pixel_sha256
+from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, RecordKeys, group_records, near_duplicate_pairs
+from covid_cxr_unified.harmonize.splits import SplitRatios, assign_split
+from covid_cxr_unified.harmonize.synthetic.images import encode, synthetic_array
+
+
+def _reencoded(img: Image.Image, scale: float, quality: int = 60) -> Image.Image:
+    buffer = io.BytesIO()
+    size = (max(8, int(img.width * scale)), max(8, int(img.height * scale)))
+    img.resize(size).convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def test_threshold_separates_copies_from_distinct_synthetic_pictures() -> None:
+    rng = random.Random(11)
+    pictures = [Image.open(io.BytesIO(encode(synthetic_array(rng, 96, 104), fmt="PNG", mode="L"))) for _ in range(200)]
+    hashes = [dhash(p) for p in pictures]
+    distinct = [hamming(a, b) for a, b in itertools.combinations(hashes, 2)]
+    false_merges = sum(d <= NEAR_DUPLICATE_BITS for d in distinct)
+    assert false_merges == 0, f"{false_merges} of {len(distinct)} distinct pairs within the threshold"
+    copies = [hamming(dhash(p), dhash(_reencoded(p, s))) for p in pictures[:40] for s in (0.5, 0.75, 1.6)]
+    assert max(copies) <= NEAR_DUPLICATE_BITS
+
+
+@pytest.mark.realdata
+def test_threshold_on_the_real_sample_images(shared_data: Path) -> None:
+    files = sorted((shared_data / "ieee8023" / "images-sample").iterdir())
+    pictures = [Image.open(f) for f in files]
+    hashes = [dhash(p) for p in pictures]
+    assert min(hamming(a, b) for a, b in itertools.combinations(hashes, 2)) > 2 * NEAR_DUPLICATE_BITS + 5
+    copies = [
+        hamming(h, dhash(_reencoded(p, s))) for p, h in zip(pictures, hashes, strict=True) for s in (0.25, 0.5, 1.7)
+    ]
+    assert max(copies) <= NEAR_DUPLICATE_BITS
+
+
+def test_pixel_hash_ignores_the_container() -> None:
+    array = synthetic_array(random.Random(1), 40, 44)
+    as_png = Image.open(io.BytesIO(encode(array, fmt="PNG", mode="L")))
+    as_rgb_png = Image.open(io.BytesIO(encode(array, fmt="PNG", mode="RGB")))
+    as_jpeg = Image.open(io.BytesIO(encode(array, fmt="JPEG", mode="L")))
+    assert pixel_sha256(as_png) == pixel_sha256(as_rgb_png) != pixel_sha256(as_jpeg)
+
+
+def test_near_duplicate_pairs_match_brute_force() -> None:
+    rng = random.Random(3)
+    hashes = [(f"r{i}", f"{rng.getrandbits(256):064x}") for i in range(60)]
+    base = int(hashes[0][1], 16)
+    hashes += [(f"c{k}", f"{base ^ (1 << k) ^ (1 << (k + 50)):064x}") for k in range(5)]  # 2 bits from r0
+    brute = sorted(
+        (min(a, b), max(a, b)) for (a, ha), (b, hb) in itertools.combinations(hashes, 2) if hamming(ha, hb) <= 4
+    )
+    assert near_duplicate_pairs(hashes, 4) == brute and len(brute) >= 5
+
+
+def test_components_join_links_id_maps_and_pictures() -> None:
+    keys = [
+        RecordKeys("ieee8023:a.png", "ieee8023", "ieee8023:1", pixel_sha256="p1"),
+        RecordKeys("v7_darwin:a.png", "v7_darwin", "v7_darwin:1", linked_patients=("ieee8023:1",)),
+        RecordKeys("ieee8023:b.png", "ieee8023", "ieee8023:2", pixel_sha256="p1"),  # same picture as a.png
+        RecordKeys("bimcv:x", "bimcv", "bimcv:sub-1"),
+        RecordKeys("bimcv:y", "bimcv", "bimcv:sub-2"),
+        RecordKeys("bimcv:z", "bimcv", "bimcv:sub-3"),
+    ]
+    grouping = group_records(keys, id_map=[("bimcv:sub-1", "bimcv:sub-2")])
+    assert grouping.group_of["v7_darwin:1"] == grouping.group_of["ieee8023:2"] == "ieee8023:1"
+    assert grouping.group_of["bimcv:sub-2"] == "bimcv:sub-1" and grouping.group_of["bimcv:sub-3"] == "bimcv:sub-3"
+    assert grouping.merges == {"cross-source link": 1, "identical pixel": 1, "id map": 1}
+
+
+def test_assignment_depends_only_on_the_group_key() -> None:
+    ratios = SplitRatios()
+    before = {f"ieee8023:{i}": assign_split(f"ieee8023:{i}", ratios) for i in range(500)}
+    keys = [RecordKeys(f"r{i}", "ieee8023", f"ieee8023:{i}") for i in range(1000)]
+    grouping = group_records(keys)
+    after = {p: assign_split(grouping.group_of[p], ratios) for p in before}
+    assert before == after
+    shares = [list(before.values()).count(s) / 500 for s in ("train", "validation", "test")]
+    assert abs(shares[0] - 0.8) < 0.06 and abs(shares[1] - 0.1) < 0.04 and abs(shares[2] - 0.1) < 0.04
