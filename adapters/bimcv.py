@@ -44,6 +44,7 @@ from covid_cxr_unified.adapters.bimcv_tables import (
 from covid_cxr_unified.adapters.bimcv_vocab import (
     COVID_LABELS,
     FILENAME_VIEWS,
+    KNOWN_SESSION_ISSUES,
     LABEL_CUIS,
     LABELS,
     MARKERS,
@@ -215,8 +216,10 @@ class BimcvAdapter(Adapter):
                 "can be verified"
             )
         sums = read_sha1sums(sums_path)
+        differing: list[JsonValue] = []
         for archive in self._archives:
             verify_sha1(archive, sums)
+            members = set()
             for name, _member, data in iter_archive(archive, lambda n: not _is_image(n)):
                 if name in self._files:
                     raise SourceFormatError(
@@ -224,8 +227,24 @@ class BimcvAdapter(Adapter):
                         "parts of one release only"
                     )
                 self._files[name] = _Located(name, archive.name)
+                members.add(name)
                 if data is not None:
                     self._small[name] = data
+            listed = self._listing(archive, sums)
+            if listed is not None and listed != members:
+                differing.append(archive.name)
+        self.report.notes["archives"] = {"archives": len(self._archives), "listing_differs": differing}
+
+    def _listing(self, archive: Path, sums: dict[str, str]) -> set[str] | None:
+        """The file paths of the archive's verified `*.tar-tvf.txt` listing; None when there is none."""
+        stem = archive.name.removesuffix(".tgz") if archive.name.endswith(".tgz") else archive.name
+        listing = archive.with_name(f"{stem}.tar-tvf.txt")
+        if not listing.is_file():
+            return None
+        verify_sha1(listing, sums)
+        lines = listing.read_text(encoding="utf-8").splitlines()
+        paths = (line.split()[-1] for line in lines if line.startswith("-"))
+        return {"/".join(p for p in path.split("/") if p not in ("", ".")) for path in paths}
 
     def _read(self, name: str) -> bytes:
         if name in self._small:
@@ -438,6 +457,9 @@ class BimcvAdapter(Adapter):
         image = self._image(image, sidecar, item, ctx)
         study = self._study(ses, sidecar, ctx)
         findings, report_evidence = self._findings(ses, ctx, repairs)
+        issue = KNOWN_SESSION_ISSUES.get((sub, ses))
+        if issue is not None:
+            ctx.flag(f"BIMCV quality control: {issue}")
         row = self._labels.get(ses)
         if row is not None and row.patient_id != sub:
             ctx.flag("label row PatientID differs from the image's subject")
@@ -504,6 +526,8 @@ class BimcvAdapter(Adapter):
             bits = sidecar.number(dicom_json.BITS_STORED)
             if bits is not None and 1 <= bits <= (image.bits_stored or 16):
                 update["bits_stored"] = int(bits)
+            elif bits is not None:
+                ctx.flag("bits stored: DICOM says more than the PNG holds")
             spacing = sidecar.numbers(dicom_json.PIXEL_SPACING) or sidecar.numbers(dicom_json.IMAGER_PIXEL_SPACING)
             if spacing is not None and len(spacing) == 2:
                 update["pixel_spacing_mm"] = spacing

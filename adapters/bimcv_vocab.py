@@ -279,3 +279,20 @@ SERIES_DESCRIPTIONS: dict[str, View] = {
 SERIES_DESCRIPTIONS_WITHOUT_VIEW = {"Chest", "TORAX", "TÓRAX", "Tórax"}
 # The file name's `vp-` token: wrong for hundreds of images, hence the last resort.
 FILENAME_VIEWS: dict[str, View] = {"pa": View.PA, "ap": View.AP, "ll": View.LATERAL, "lateral": View.LATERAL}
+
+# Sessions BIMCV's own QC marked `Exclude=True` in COVID19_POSI_v1.0.xlsx (iteration 1; research note
+# bimcv_format.md §8), with its reason. Their records are kept and flagged, never silently dropped.
+KNOWN_SESSION_ISSUES: dict[tuple[str, str], str] = {
+    ("sub-S03240", "ses-E07784"): "burned in information",
+    ("sub-S03067", "ses-E07350"): "burned in information",
+    ("sub-S03240", "ses-E07626"): "burned in information",
+    ("sub-S03067", "ses-E07908"): "burned in information",
+    ("sub-S03169", "ses-E07193"): "burned in information",
+    ("sub-S03214", "ses-E07979"): "burned in information",
+    ("sub-S03218", "ses-E07970"): "burned in information",
+    ("sub-S03169", "ses-E07878"): "burned in information",
+    ("sub-S03068", "ses-E06402"): "inverted",
+    ("sub-S04275", "ses-E08736"): "inverted",
+    ("sub-S04190", "ses-E08730"): "inverted",
+    ("sub-S03936", "ses-E08636"): "inverted",
+}

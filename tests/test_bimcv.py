@@ -503,3 +503,29 @@ def test_build_and_load_bimcv_config_bit_exact(releases: dict[tuple[str, bool], 
     assert "Local-only build" in card
     report = json.loads((out / "build_report.json").read_text(encoding="utf-8"))
     assert report["sources"]["bimcv"]["reconciles"] is True
+
+
+def test_archive_listings_are_checked(tmp_path: Path) -> None:
+    root = write_bimcv(tmp_path / "rel", archives=True).root
+    adapter = BimcvAdapter(root)
+    adapter.discover()
+    assert adapter.report.notes["archives"] == {"archives": 5, "listing_differs": []}
+    listing = root / "covid19_posi_head.tar.gz.tar-tvf.txt"
+    listing.write_text(listing.read_text(encoding="utf-8") + "-rw-r--r-- root/root 1 2020-10-08 00:00 x\n")
+    with pytest.raises(ChecksumMismatchError, match=r"covid19_posi_head\.tar\.gz\.tar-tvf\.txt"):
+        BimcvAdapter(root).discover()  # listings are covered by sha1sums.txt too
+    _rewrite_sums(root)
+    adapter = BimcvAdapter(root)
+    adapter.discover()
+    assert adapter.report.notes["archives"] == {"archives": 5, "listing_differs": ["covid19_posi_head.tar.gz"]}
+
+
+def test_bimcv_quality_control_sessions_are_flagged(
+    releases: dict[tuple[str, bool], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covid_cxr_unified.adapters import bimcv
+
+    monkeypatch.setitem(bimcv.KNOWN_SESSION_ISSUES, ("sub-S03045", "ses-E06139"), "inverted")
+    _, records, _ = _run(releases[("iter12", False)])
+    assert "BIMCV quality control: inverted" in records[S45_E6139].provenance.flags
+    assert not any("quality control" in f for f in records[S45_ACQ1].provenance.flags)
