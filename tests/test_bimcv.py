@@ -523,9 +523,9 @@ def test_archive_listings_are_checked(tmp_path: Path) -> None:
 def test_bimcv_quality_control_sessions_are_flagged(
     releases: dict[tuple[str, bool], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from covid_cxr_unified.adapters import bimcv
+    from covid_cxr_unified.adapters import bimcv_vocab
 
-    monkeypatch.setitem(bimcv.KNOWN_SESSION_ISSUES, ("sub-S03045", "ses-E06139"), "inverted")
+    monkeypatch.setitem(bimcv_vocab.KNOWN_SESSION_ISSUES, ("sub-S03045", "ses-E06139"), "inverted")
     _, records, _ = _run(releases[("iter12", False)])
     assert "BIMCV quality control: inverted" in records[S45_E6139].provenance.flags
     assert not any("quality control" in f for f in records[S45_ACQ1].provenance.flags)
