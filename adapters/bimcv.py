@@ -405,8 +405,9 @@ class BimcvAdapter(Adapter):
 
     def _archive_items(self) -> Iterator[SourceItem]:
         wanted = {located.name: path for path, located in self._images.items()}
+        yielded: set[str] = set()
         for archive in self._archives:
-            if not any(self._files[n].archive == archive.name for n in wanted):
+            if not any(located.archive == archive.name for located in self._images.values()):
                 continue
             def want(name: str) -> bool:
                 return not self.metadata_only and name.endswith(".png") and name in wanted
@@ -416,7 +417,11 @@ class BimcvAdapter(Adapter):
                 if path is None or self._images[path].archive != archive.name:
                     continue
                 self._current = (path, data or b"")
+                yielded.add(path)
                 yield self._image_item(path, self._images[path])
+        self._current = None
+        for path in sorted(set(self._images) - yielded):  # gone since discovery: quarantined as missing
+            yield self._image_item(path, self._images[path])
 
     def read_image(self, item: SourceItem) -> bytes:
         if self._current is not None and self._current[0] == item.key:
@@ -445,7 +450,8 @@ class BimcvAdapter(Adapter):
     def to_record(self, item: SourceItem, image: ImageRef | None, ctx: MappingContext) -> Record:
         path = item.key
         match = IMAGE_NAME.match(posixpath.basename(path))
-        assert match is not None  # check_scope guarantees it
+        if match is None:  # check_scope already quarantines these
+            raise QuarantineItem("file name outside the MIDS grammar", posixpath.basename(path))
         sub, ses = match["sub"], match["ses"]
         if path.split("/")[:2] != [sub, ses]:
             raise QuarantineItem("file name disagrees with its folders", path)

@@ -529,3 +529,17 @@ def test_bimcv_quality_control_sessions_are_flagged(
     _, records, _ = _run(releases[("iter12", False)])
     assert "BIMCV quality control: inverted" in records[S45_E6139].provenance.flags
     assert not any("quality control" in f for f in records[S45_ACQ1].provenance.flags)
+
+
+def test_image_gone_between_discovery_and_reading_is_quarantined(tmp_path: Path) -> None:
+    root = write_bimcv(tmp_path / "rel", archives=True).root
+    adapter = BimcvAdapter(root)
+    adapter.discover()
+    gone = next(p for p in adapter._images if "S03047" in p and p.endswith(".png"))
+    adapter._images[gone] = adapter._images[gone].__class__(
+        "covid19_posi/elsewhere.png", "covid19_posi_subjects_partab.tar.gz"
+    )
+    adapter.discover = lambda: None  # type: ignore[method-assign]
+    records = list(adapter.run())
+    assert adapter.report.reconciles() and len(records) == 8
+    assert ("image missing", gone) in {(n.reason, n.key) for n in adapter.report.quarantined_items}
