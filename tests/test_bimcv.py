@@ -434,6 +434,8 @@ def test_release_found_at_any_depth(tmp_path: Path) -> None:
     write_bimcv(tmp_path / "downloads" / "nested" / "BIMCV-COVID19-cIter_1_2")
     _, records, _ = _run(tmp_path / "downloads")
     assert len(records) == 9
+    _, direct, _ = _run(tmp_path / "downloads" / "nested" / "BIMCV-COVID19-cIter_1_2" / "covid19_posi")
+    assert direct == records  # the MIDS root itself, or any folder above it
 
 
 def test_unknown_release_names_what_it_found(tmp_path: Path) -> None:
