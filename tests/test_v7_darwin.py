@@ -23,7 +23,13 @@ from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
 from covid_cxr_unified.harmonize.cli import app
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
 from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
-from covid_cxr_unified.harmonize.synthetic.v7_darwin import MOJIBAKE_LOCATION, V7_ONLY_NAME, V7Fixture, write_v7_darwin
+from covid_cxr_unified.harmonize.synthetic.v7_darwin import (
+    MOJIBAKE_LOCATION,
+    V7_ONLY_NAME,
+    V7_REMOVED_NAME,
+    V7Fixture,
+    write_v7_darwin,
+)
 from covid_cxr_unified.schema.record import Record
 from covid_cxr_unified.schema.vocab import Covid19Basis, Finding, LabelState, MaskLabel, Modality, Source, View
 
@@ -100,6 +106,8 @@ def test_with_images_they_are_embedded_and_checked_against_the_annotated_size(v7
             assert mask.size == (e.record.image.height, e.record.image.width)
     missing = {n.key: n.reason for n in adapter.report.quarantined_items}
     assert missing[V7_ONLY_NAME] == "image missing"
+    removed = next(e.record for e in out if e.record.record_id == f"v7_darwin:{V7_REMOVED_NAME}")
+    assert removed.image is not None and removed.links == () and removed.license.license_id == "LicenseRef-unknown"
 
 
 def _masks_of(records: dict[str, Record]) -> dict[str, list[tuple[str, str, int]]]:
@@ -266,6 +274,10 @@ def test_disagreements_with_ieee8023_are_reported_per_field(v7: V7Fixture) -> No
     disagreements = adapter.report.notes["disagreements"]
     assert isinstance(disagreements, dict)
     assert disagreements["view"] == len(v7.view_disagreements) == 1
+    assert disagreements["finding"] == len(v7.finding_disagreements) == 1
+    (unknown,) = v7.finding_disagreements
+    assert records[unknown].covid19.state is LabelState.POSITIVE  # V7's own statement is kept
+    assert "V7 tag disagrees with ieee8023: finding" in records[unknown].provenance.flags
     assert disagreements["patientid"] == 0 and disagreements["sex"] == 0
     (relabelled,) = v7.view_disagreements
     assert records[relabelled].view.disagreements[0].startswith("ieee8023=")

@@ -12,8 +12,10 @@ polygons per frontal X-ray. The same annotations are written as
 Traps, each as in the real export unless marked: an "Ignore" complex polygon (outer ring + hole)
 exported to COCO as uncompressed RLE with `size` [width, height] and `area` 0, and one with the
 correct [height, width] (newer exporters); CT slices (one with lung polygons); laterals without masks,
-one without a modality tag; the bare noise tag `19`; a mojibake `location:`; a V7 view that
-ieee8023 relabelled later; a polygon reaching outside the image; a file name absent from ieee8023.
+one without a modality tag; the bare noise tag `19`; a mojibake `location:`; a V7 view and a
+finding (COVID-19 -> `No Finding`) that ieee8023 relabelled later; a polygon reaching outside the
+image; two file names ieee8023's metadata dropped, of a patient it still lists (one image file gone,
+one still in `images/`: this generator writes that file into the ieee8023 folder).
 Synthetic only: a 2-point polygon, an odd-length (COCO) / y-less (Darwin) polygon, a NaN coordinate,
 a polygon wholly outside the image, an unknown class, an unknown tag, an implausible temperature, an
 image without `PatientID`, an image whose stated size differs from the image file, and an image
@@ -36,7 +38,10 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from covid_cxr_unified.harmonize.synthetic.images import encode, synthetic_array
+
 COVID_FINDING = "Pneumonia/Viral/COVID-19"
+RELABELLED_FINDING = "No Finding"
 TAG_VIEWS = {"PA": "PA", "AP": "AP", "AP Supine": "AP_Supine", "L": "Lateral", "Axial": "Axial", "Coronal": "Coronal"}
 YES_NO_TAGS = {
     "survival": "Survival",
@@ -48,7 +53,8 @@ YES_NO_TAGS = {
     "extubated": "Extubated",
 }
 NUMBER_TAGS = {"temperature": "Temperature", "pO2_saturation": "pO2_saturation"}
-V7_ONLY_NAME = "syn-v7-only.jpg"
+V7_ONLY_NAME = "syn-v7-only.jpg"  # absent from ieee8023's metadata and from its images/
+V7_REMOVED_NAME = "syn-v7-removed.jpg"  # absent from ieee8023's metadata, its file still in images/
 MOJIBAKE_LOCATION = "location:Centro Hospitalar Universit\ufffdrio, Synthetic"
 FIRST_SEQ = 6434
 
@@ -111,6 +117,7 @@ class V7Fixture:
     expected_linked: int
     expected_unmatched: tuple[str, ...]
     view_disagreements: tuple[str, ...]  # file names whose V7 view ieee8023 relabelled
+    finding_disagreements: tuple[str, ...]  # file names V7 tags COVID-19 and ieee8023 no longer does
     specs: tuple[Img, ...]
 
 
@@ -147,17 +154,14 @@ def _specs(rng: random.Random, ieee8023: Path) -> list[Img]:
     with (ieee8023 / "metadata.csv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     images = ieee8023 / "images"
-    chosen = [
-        r
-        for r in rows
-        if r["finding"] == COVID_FINDING and r["folder"] == "images" and (images / r["filename"]).is_file()
-    ]
-    specs = [_image_from_row(rng, row, images / row["filename"]) for row in chosen]
-    no_finding = next(r for r in rows if r["finding"] == "No Finding" and (images / r["filename"]).is_file())
-    untagged = _image_from_row(rng, no_finding, images / no_finding["filename"])
+    on_disk = [r for r in rows if r["folder"] == "images" and (images / r["filename"]).is_file()]
+    specs = [_image_from_row(rng, row, images / row["filename"]) for row in on_disk if row["finding"] == COVID_FINDING]
+    untagged_row, relabelled_row = [r for r in on_disk if r["finding"] == RELABELLED_FINDING][:2]
+    untagged = _image_from_row(rng, untagged_row, images / untagged_row["filename"])
     untagged.tags = [t for t in untagged.tags if t.startswith("PatientID:")]  # no label tags at all
-    specs.append(untagged)
-    specs.append(_v7_only(rng))
+    # A prior relabelled `No Finding` upstream after June 2020 (the real 2c35005f.jpg): V7 still tags COVID-19.
+    specs += [untagged, _image_from_row(rng, relabelled_row, images / relabelled_row["filename"])]
+    specs += _not_in_ieee8023(rng, images, patient=specs[0].tags)
     _add_traps(rng, specs)
     return specs
 
@@ -198,12 +202,16 @@ def _ellipse(rng: random.Random, cx: float, cy: float, rx: float, ry: float, poi
     return ring
 
 
-def _v7_only(rng: random.Random) -> Img:
-    """An image ieee8023 no longer lists (as the real 8 removed after June 2020); no image file either."""
-    tags = ["PatientID:950", "COVID-19", "Viral Pneumonia", "X-ray", "View/PA", "Age:12", "Sex/F"]
-    spec = Img(V7_ONLY_NAME, 56, 48, tags, anns=_lungs(rng, 56, 48))
-    spec.outcome_with_images = "quarantined: image missing"
-    return spec
+def _not_in_ieee8023(rng: random.Random, images: Path, patient: list[str]) -> list[Img]:
+    """Two images of a still-listed patient that ieee8023's metadata dropped after June 2020 (as the
+    real Hannover patient 253): one whose file is gone too, one whose file an older checkout still has."""
+    pid = next(t for t in patient if t.startswith("PatientID:"))
+    tags = [pid, "COVID-19", "Viral Pneumonia", "X-ray", "View/PA"]
+    gone = Img(V7_ONLY_NAME, 56, 48, list(tags), anns=_lungs(rng, 56, 48))
+    gone.outcome_with_images = "quarantined: image missing"
+    kept = Img(V7_REMOVED_NAME, 56, 48, list(tags), anns=_lungs(rng, 56, 48))
+    (images / V7_REMOVED_NAME).write_bytes(encode(synthetic_array(rng, 56, 48), fmt="JPEG", mode="L"))
+    return [gone, kept]
 
 
 def _add_traps(rng: random.Random, specs: list[Img]) -> None:
@@ -475,6 +483,11 @@ def _fixture(
         expected_linked=len(linked),
         expected_unmatched=tuple(s.file_name for s in specs if s.ieee8023_row is None),
         view_disagreements=relabelled,
+        finding_disagreements=tuple(
+            s.file_name
+            for s in linked
+            if s.ieee8023_row is not None and s.ieee8023_row["finding"] == RELABELLED_FINDING and "COVID-19" in s.tags
+        ),
         specs=tuple(specs),
     )
 
