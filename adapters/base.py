@@ -15,21 +15,22 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import JsonValue, ValidationError
 from tqdm import tqdm
 
+from covid_cxr_unified.adapters.limits import DEFAULT_MAX_ARCHIVE_MEMBERS as DEFAULT_MAX_ARCHIVE_MEMBERS
+from covid_cxr_unified.adapters.limits import DEFAULT_MAX_IMAGE_PIXELS as DEFAULT_MAX_IMAGE_PIXELS
+from covid_cxr_unified.adapters.limits import DEFAULT_MAX_JSON_BYTES as DEFAULT_MAX_JSON_BYTES
 from covid_cxr_unified.adapters.pixels import dhash, pixel_sha256
 from covid_cxr_unified.schema.record import ImageRef, Record
 from covid_cxr_unified.schema.vocab import Source
 
 T = TypeVar("T")
 RecordFilter = Callable[[Record], str | None]
-
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
 
 class ExcludeItem(Exception):
@@ -169,7 +170,9 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
             identity, near = pixel_sha256(img), dhash(img)
     except QuarantineItem:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, when it is below max_pixels
+        raise QuarantineItem("image too large", str(exc)) from exc
+    except UnidentifiedImageError as exc:
         raise QuarantineItem("image unreadable", str(exc)) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise QuarantineItem("image unreadable", str(exc)) from exc
@@ -218,6 +221,8 @@ class Adapter(ABC):
         images: Path | None = None,
         metadata_only: bool = False,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS,
         related: Mapping[Source, Path] | None = None,
     ) -> None:
         self.root = root
@@ -225,6 +230,8 @@ class Adapter(ABC):
         self.images = images
         self.metadata_only = metadata_only
         self.max_image_pixels = max_image_pixels
+        self.max_json_bytes = max_json_bytes
+        self.max_archive_members = max_archive_members
         self.report = AdapterReport(source=self.name.value)
 
     # --- what an adapter declares -------------------------------------------------------------
@@ -245,10 +252,19 @@ class Adapter(ABC):
         """The bytes of the item's image; raise QuarantineItem('image missing') when absent."""
         if self.images is None or item.image_path is None:
             raise QuarantineItem("image missing", "no images folder given")
+        parts = item.image_path.replace("\\", "/").split("/")
+        drive = len(parts[0]) == 2 and parts[0][1] == ":"
+        if PurePosixPath(item.image_path).is_absolute() or ".." in parts or drive:
+            raise QuarantineItem("image path unsafe", f"{item.image_path!r} leaves the images folder")
         path = self.images / item.image_path
         if not path.is_file():
             raise QuarantineItem("image missing", str(item.image_path))
-        return path.read_bytes()
+        if not path.resolve().is_relative_to(self.images.resolve()):
+            raise QuarantineItem("image path unsafe", f"{item.image_path!r} is a link out of the images folder")
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise QuarantineItem("image unreadable", f"{item.image_path}: {exc.strerror or exc}") from exc
 
     def check_scope(self, item: SourceItem, ctx: MappingContext) -> None:  # noqa: B027 - optional hook
         """Raise ExcludeItem for out-of-scope items before any image is read."""

@@ -35,11 +35,14 @@ def _text(data: bytes, name: str) -> str:
 def read_tsv(data: bytes, name: str) -> tuple[list[str], list[dict[str, str]]]:
     """(header, rows) of a TSV read like pandas does (quoted fields may hold tabs)."""
     reader = csv.reader(io.StringIO(_text(data, name), newline=""), delimiter="\t")
-    header = next(reader, None)
+    try:
+        header, lines = next(reader, None), list(reader)
+    except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
+        raise SourceFormatError(f"bimcv: {name} line {reader.line_num}: {exc}") from exc
     if header is None:
         raise SourceFormatError(f"bimcv: {name} is empty")
     rows = []
-    for line in reader:
+    for line in lines:
         if not any(cell.strip() for cell in line):
             continue
         padded = line + [""] * (len(header) - len(line))

@@ -55,6 +55,8 @@ class DicomJson:
             obj = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SidecarError(f"not JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise SidecarError("not JSON: nested too deeply") from exc
         if not isinstance(obj, dict):
             raise SidecarError("not a JSON object")
         bad = [k for k in obj if not (isinstance(k, str) and _TAG.match(k))]

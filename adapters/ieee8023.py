@@ -225,7 +225,11 @@ class Ieee8023Adapter(Adapter):
             line = data[: exc.start].count(b"\n") + 1
             raise SourceFormatError(f"ieee8023: {self.metadata.name} line {line} is not UTF-8") from exc
         reader = csv.reader(io.StringIO(text, newline=""))
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+            lines = list(reader)
+        except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
+            raise SourceFormatError(f"ieee8023: {self.metadata.name} line {reader.line_num}: {exc}") from exc
         if header is None:
             raise SourceFormatError(f"ieee8023: {self.metadata.name} is empty")
         self.header = [COLUMN_ALIASES.get(h.strip(), h.strip()) for h in header]
@@ -238,7 +242,7 @@ class Ieee8023Adapter(Adapter):
         self.generation = next(g.name for g in GENERATIONS if g.marker in self.header)
         self.release = f"{self.generation}; metadata.csv sha256:{hashlib.sha256(data).hexdigest()[:16]}"
         self._raw_header = header
-        self._lines = list(reader)
+        self._lines = lines
         self._sexes_by_patient = self._sexes_per_patient()
 
     def _sexes_per_patient(self) -> dict[str, set[str]]:

@@ -27,7 +27,7 @@ from covid_cxr_unified.adapters.base import (
 from covid_cxr_unified.adapters.ieee8023 import LICENSES as IEEE8023_LICENSES
 from covid_cxr_unified.adapters.ieee8023 import PLAUSIBLE_RANGES
 from covid_cxr_unified.adapters.masks import GeometryError, Rle, polygon_rle, uncompressed_rle
-from covid_cxr_unified.adapters.v7_formats import Export, V7Annotation, V7Image, read_export
+from covid_cxr_unified.adapters.v7_formats import TOO_LARGE, Export, V7Annotation, V7Image, read_export
 from covid_cxr_unified.adapters.v7_linkage import (
     DISAGREE,
     Ieee8023Row,
@@ -233,7 +233,9 @@ class V7DarwinAdapter(Adapter):
 
     # --- discovery ---------------------------------------------------------------------------
     def discover(self) -> None:
-        export = read_export(self.root, self.access)
+        export = read_export(
+            self.root, self.access, max_json_bytes=self.max_json_bytes, max_members=self.max_archive_members
+        )
         self.release = export.release
         self._index(export)
         self._annotations_input = sum(len(image.annotations) for image in export.images)
@@ -310,7 +312,8 @@ class V7DarwinAdapter(Adapter):
         self._annotations_seen += len(image.annotations)
         self._note_annotations()
         if image.error is not None:
-            raise QuarantineItem("annotation file unreadable", image.error)
+            too_large = image.error.startswith(TOO_LARGE)
+            raise QuarantineItem(TOO_LARGE if too_large else "annotation file unreadable", image.error)
         if item.key in self._duplicates:
             raise QuarantineItem("duplicate file_name", image.file_name)
         if not image.file_name:
@@ -366,7 +369,7 @@ class V7DarwinAdapter(Adapter):
                 source_file=entry.source_file,
                 row=None,
                 adapter_version=self.version,
-                repairs=tuple(repairs),
+                repairs=(*entry.repairs, *repairs),
                 flags=tuple(ctx.flags),
             ),
             raw=dict(item.fields),

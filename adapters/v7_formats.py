@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import urllib.parse
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,11 +24,18 @@ from typing import Any
 
 from pydantic import JsonValue
 
+from covid_cxr_unified.adapters.limits import DEFAULT_MAX_ARCHIVE_MEMBERS, DEFAULT_MAX_JSON_BYTES
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
 
 COCO = "coco"
 DARWIN_1 = "darwin-1.0"
 DARWIN_2 = "darwin-2.0"
+TOO_LARGE = "JSON file too large"
+# Query parameters that are credentials: removed from every URL kept in a record's raw fields.
+SECRET_QUERY_KEYS = frozenset(
+    {"token", "access_token", "api_key", "apikey", "key", "signature", "x-amz-signature", "x-amz-credential",
+     "x-amz-security-token", "sig", "auth"}
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class V7Image:
     annotations: tuple[V7Annotation, ...] = ()
     raw: dict[str, JsonValue] = field(default_factory=dict)
     error: str | None = None
+    repairs: tuple[str, ...] = ()  # e.g. access tokens removed from URLs in `raw`
 
 
 @dataclass
@@ -71,6 +80,7 @@ class JsonFile:
     name: str  # relative path, or the member name in a zip
     data: bytes
     path: Path | None  # on disk, when not in an archive
+    too_large: str | None = None  # why `data` was not read: the file exceeds max_json_bytes
 
 
 def detect_shape(document: object) -> str | None:
@@ -87,13 +97,21 @@ def detect_shape(document: object) -> str | None:
     return None
 
 
-def read_export(root: Path, access: str) -> Export:
+def read_export(
+    root: Path,
+    access: str,
+    *,
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+    max_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS,
+) -> Export:
     """Read a COCO json/zip or a folder/zip of Darwin JSON files."""
     if not root.exists():
         raise SourceNotFoundError(f"v7_darwin: nothing at {root}; {access}")
-    files = list(_json_files(root))
+    files = list(_json_files(root, max_json_bytes, max_members))
     if not files:
         raise SourceFormatError(f"v7_darwin: no .json file in {root}; {access}")
+    if len(files) == 1 and files[0].too_large:  # the whole export (e.g. a COCO file) is over the limit
+        raise SourceFormatError(f"v7_darwin: {files[0].name} {files[0].too_large}")
     parsed = [(f, _load(f)) for f in files]
     shapes = {detect_shape(doc) for _, doc in parsed}
     if COCO in shapes:
@@ -105,25 +123,94 @@ def read_export(root: Path, access: str) -> Export:
     return _read_darwin(root, parsed)
 
 
-def _json_files(root: Path) -> Iterator[JsonFile]:
+def _too_large(size: int, limit: int) -> str | None:
+    return f"is {size} bytes, over the JSON size limit of {limit} (max_json_bytes)" if size > limit else None
+
+
+def _json_files(root: Path, max_json_bytes: int, max_members: int) -> Iterator[JsonFile]:
     if root.is_dir():
         for path in sorted(root.rglob("*.json")):
-            yield JsonFile(path.relative_to(root).as_posix(), path.read_bytes(), path)
+            name = path.relative_to(root).as_posix()
+            if not path.is_file():
+                continue
+            too_large = _too_large(path.stat().st_size, max_json_bytes)
+            yield JsonFile(name, b"" if too_large else path.read_bytes(), path, too_large)
     elif zipfile.is_zipfile(root):
+        yield from _zip_json_files(root, max_json_bytes, max_members)
+    else:
+        too_large = _too_large(root.stat().st_size, max_json_bytes)
+        yield JsonFile(root.name, b"" if too_large else root.read_bytes(), root, too_large)
+
+
+def _zip_json_files(root: Path, max_json_bytes: int, max_members: int) -> list[JsonFile]:
+    """The JSON members of a zip; a zip that cannot be read, or holds too many members, is refused."""
+    files = []
+    try:
         with zipfile.ZipFile(root) as archive:
-            for info in sorted(archive.infolist(), key=lambda i: i.filename):
+            infos = archive.infolist()
+            if len(infos) > max_members:
+                raise SourceFormatError(
+                    f"v7_darwin: {root.name} holds {len(infos)} members, over the limit of {max_members} "
+                    "(max_archive_members)"
+                )
+            for info in sorted(infos, key=lambda i: i.filename):
                 if info.is_dir() or not info.filename.endswith(".json") or info.filename.startswith("__MACOSX/"):
                     continue
-                yield JsonFile(info.filename, archive.read(info), None)
-    else:
-        yield JsonFile(root.name, root.read_bytes(), root)
+                too_large = _too_large(info.file_size, max_json_bytes)
+                data = b"" if too_large else archive.read(info)
+                files.append(JsonFile(info.filename, data, None, too_large))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError) as exc:
+        raise SourceFormatError(f"v7_darwin: {root.name} is not a readable zip archive ({exc})") from exc
+    return files
 
 
 def _load(file: JsonFile) -> object:
+    if file.too_large:
+        return {"_too_large": file.too_large}
     try:
         return json.loads(file.data.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return {"_unreadable": str(exc)}
+    except RecursionError:
+        return {"_unreadable": "JSON nested too deeply"}
+
+
+def strip_url_secrets(value: JsonValue, where: str = "") -> tuple[JsonValue, list[str]]:
+    """`value` with credential query parameters (`?token=…`) removed from every URL in it, and the
+    paths (e.g. `image.url`) of the URLs that carried one."""
+    if isinstance(value, dict):
+        result: dict[str, JsonValue] = {}
+        found: list[str] = []
+        for key, item in value.items():
+            result[key], inner = strip_url_secrets(item, f"{where}.{key}" if where else str(key))
+            found += inner
+        return result, found
+    if isinstance(value, list):
+        items, found = [], []
+        for index, item in enumerate(value):
+            clean, inner = strip_url_secrets(item, f"{where}[{index}]")
+            items.append(clean)
+            found += inner
+        return items, found
+    if isinstance(value, str) and "://" in value and "?" in value:
+        try:
+            parts = urllib.parse.urlsplit(value)
+            query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        except ValueError:
+            return value, []
+        kept = [(k, v) for k, v in query if k.lower() not in SECRET_QUERY_KEYS]
+        if len(kept) != len(query):
+            return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept))), [where]
+    return value, []
+
+
+def _scrubbed(raw: dict[str, JsonValue]) -> tuple[dict[str, JsonValue], tuple[str, ...]]:
+    clean: dict[str, JsonValue] = {}
+    found: list[str] = []
+    for key, value in raw.items():
+        clean[key], inner = strip_url_secrets(value, key)
+        found += inner
+    return clean, tuple(f"access token removed from the URL in raw {where}" for where in found)
 
 
 def _sha(data: bytes) -> str:
@@ -146,6 +233,7 @@ def read_coco(document: dict[str, Any], file: JsonFile) -> Export:
         seen_ids.add(entry.get("id"))
         tag_ids = entry.get("tag_ids") or []
         unknown_tag_ids += sum(1 for t in tag_ids if t not in tag_names)
+        raw, repairs = _scrubbed(_coco_raw(entry, by_image.get(entry.get("id"), [])))
         images.append(
             V7Image(
                 file_name=str(entry.get("file_name") or ""),
@@ -154,7 +242,8 @@ def read_coco(document: dict[str, Any], file: JsonFile) -> Export:
                 height=_int(entry.get("height")),
                 tags=tuple(tag_names[t] for t in tag_ids if t in tag_names),
                 annotations=tuple(by_image.get(entry.get("id"), ())),
-                raw=_coco_raw(entry, by_image.get(entry.get("id"), [])),
+                raw=raw,
+                repairs=repairs,
             )
         )
     orphans = sum(len(anns) for image_id, anns in by_image.items() if image_id not in seen_ids)
@@ -223,6 +312,8 @@ def _read_darwin(root: Path, parsed: list[tuple[JsonFile, object]]) -> Export:
             images.append(_guarded(read_darwin_v2, document, file))
         else:
             reason = "unreadable JSON" if isinstance(document, dict) and "_unreadable" in document else None
+            if file.too_large:
+                reason = f"{TOO_LARGE}: {file.too_large}"
             images.append(V7Image(file.name, file.name, error=reason or "not a Darwin JSON or COCO file"))
     if not (shapes.get(DARWIN_1) or shapes.get(DARWIN_2)):
         raise SourceFormatError(
@@ -264,6 +355,7 @@ def read_darwin_v1(document: dict[str, Any], file: JsonFile) -> V7Image:
             kinds = sorted(set(ann) - {"name"})
             annotations.append(V7Annotation(ann_id, name, unsupported=f"Darwin annotation {kinds}"))
     kept = {k: v for k, v in image.items() if k not in ("url", "thumbnail_url")}
+    raw, repairs = _scrubbed({"image": kept, "dataset": document.get("dataset"), "tags": list(tags)})
     return V7Image(
         file_name=str(image.get("original_filename") or image.get("filename") or ""),
         source_file=file.name,
@@ -271,7 +363,8 @@ def read_darwin_v1(document: dict[str, Any], file: JsonFile) -> V7Image:
         height=_int(image.get("height")),
         tags=tuple(tags),
         annotations=tuple(annotations),
-        raw={"image": kept, "dataset": document.get("dataset"), "tags": list(tags)},
+        raw=raw,
+        repairs=repairs,
     )
 
 
@@ -299,6 +392,14 @@ def read_darwin_v2(document: dict[str, Any], file: JsonFile) -> V7Image:
     item = document["item"]
     slots = item.get("slots") or [{}]
     source_files = slots[0].get("source_files") or [{}]
+    raw, repairs = _scrubbed(
+        {
+            "item": {"name": item.get("name"), "path": item.get("path")},
+            "slot_file_name": source_files[0].get("file_name"),
+            "version": document.get("version"),
+            "tags": list(tags),
+        }
+    )
     return V7Image(
         file_name=str(annotation_file.filename),
         source_file=file.name,
@@ -306,12 +407,8 @@ def read_darwin_v2(document: dict[str, Any], file: JsonFile) -> V7Image:
         height=_int(annotation_file.image_height),
         tags=tuple(tags),
         annotations=tuple(annotations),
-        raw={
-            "item": {"name": item.get("name"), "path": item.get("path")},
-            "slot_file_name": source_files[0].get("file_name"),
-            "version": document.get("version"),
-            "tags": list(tags),
-        },
+        raw=raw,
+        repairs=repairs,
     )
 
 

@@ -65,11 +65,15 @@ def read_ieee8023_rows(related: Path) -> dict[str, list[Ieee8023Row]]:
     except UnicodeDecodeError as exc:
         raise SourceFormatError(f"v7_darwin: ieee8023 {path.name} is not UTF-8") from exc
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = [COLUMN_ALIASES.get(h, h.strip()) for h in next(reader, [])]
+    try:
+        header_line, lines = next(reader, []), list(reader)
+    except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
+        raise SourceFormatError(f"v7_darwin: ieee8023 {path.name} line {reader.line_num}: {exc}") from exc
+    header = [COLUMN_ALIASES.get(h, h.strip()) for h in header_line]
     if "filename" not in header or "patientid" not in header:
         raise SourceFormatError(f"v7_darwin: ieee8023 {path.name} lacks filename/patientid columns")
     rows: dict[str, list[Ieee8023Row]] = {}
-    for line in reader:
+    for line in lines:
         if len(line) != len(header):
             continue
         cells = dict(zip(header, line, strict=True))
