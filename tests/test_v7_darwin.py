@@ -342,6 +342,16 @@ def test_unreadable_and_duplicate_darwin_files_are_quarantined_not_dropped(v7: V
     assert quarantined["annotation file unreadable"] == 2 and quarantined["duplicate file_name"] == 1
 
 
+def test_darwin_2_in_a_zip_reads_like_the_folder(v7: V7Fixture, tmp_path: Path) -> None:
+    archive_path = tmp_path / "pull.zip"
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        for path in sorted(v7.darwin2_dir.iterdir()):
+            archive.write(path, f"releases/latest/annotations/{path.name}")
+    zipped = V7DarwinAdapter(archive_path, related={Source.IEEE8023: v7.ieee8023})
+    assert _masks_of(records_by_file(zipped)) == _masks_of(records_by_file(adapter_for(v7, "darwin2_dir")))
+    assert zipped.report.notes["format"] == DARWIN_2
+
+
 def test_darwin_2_without_darwin_py_says_how_to_install_it(v7: V7Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "darwin.utils", None)
     with pytest.raises(SourceFormatError, match=r"covid-cxr-unified\[darwin\]"):
