@@ -94,7 +94,8 @@ class AdapterReport:
         return self.input_items == accounted
 
     def summary(self) -> dict[str, Any]:
-        """The `inspect --json` shape."""
+        """The `inspect --json` shape; `notes` holds source-specific accounting (e.g. BIMCV's
+        participants and label rows, V7's linkage)."""
         return {
             "source": self.source,
             "input_items": self.input_items,
@@ -102,6 +103,7 @@ class AdapterReport:
             "excluded": dict(sorted(self.excluded.items())),
             "quarantined": dict(sorted(self.quarantined.items())),
             "unmapped": {f: dict(sorted(c.items())) for f, c in sorted(self.unmapped.items())},
+            "notes": self.notes,
         }
 
     def details(self) -> dict[str, Any]:

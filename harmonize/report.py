@@ -101,5 +101,14 @@ def render_markdown(configs: list[ConfigResult], data: dict[str, Any], guard: Gu
         ]
         for field_name, counter in sorted(r.unmapped.items()):
             lines += count_table(f"unmapped `{field_name}` value", dict(counter))
+        if r.notes:
+            lines += [
+                "Source-specific accounting:",
+                "",
+                "```json",
+                json.dumps(r.notes, indent=1, sort_keys=True),
+                "```",
+                "",
+            ]
     lines += ["## Splits", "", *guard_lines(guard), "### covid19 label × source", "", *label_by_source_lines(guard)]
     return "\n".join(lines)

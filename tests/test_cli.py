@@ -28,7 +28,7 @@ def test_inspect_json_reconciles_and_writes_records(tmp_path: Path) -> None:
     result = runner.invoke(app, ["inspect", "ieee8023", str(root), "--json", "--records-jsonl", str(jsonl)])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"source", "input_items", "records", "excluded", "quarantined", "unmapped"}
+    assert set(data) == {"source", "input_items", "records", "excluded", "quarantined", "unmapped", "notes"}
     assert data["input_items"] == data["records"] + sum(data["excluded"].values()) + sum(data["quarantined"].values())
     lines = jsonl.read_text(encoding="utf-8").splitlines()
     assert len(lines) == data["records"]
