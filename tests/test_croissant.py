@@ -1,0 +1,136 @@
+"""The Croissant JSON-LD file of a build: structure, every shard with its sha256, determinism."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
+from covid_cxr_unified.harmonize.croissant import (
+    CONFORMS_TO,
+    CONTEXT,
+    croissant_jsonld,
+    croissant_text,
+    write_croissant,
+)
+from covid_cxr_unified.harmonize.splits import SPLITS
+from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
+from covid_cxr_unified.schema.vocab import Source
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return write_ieee8023(tmp_path / "src", seed=7, patients=40).root
+
+
+def _build(source: Path, out: Path) -> Path:
+    build([SourceSpec(Source.IEEE8023, source)], BuildOptions(out=out, progress=False))
+    return out
+
+
+def _shards(out: Path) -> list[Path]:
+    return sorted((out / "data").rglob("*.parquet"))
+
+
+def _by_type(document: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [d for d in document["distribution"] if d["@type"] == kind]
+
+
+def test_document_describes_the_build(source: Path, tmp_path: Path) -> None:
+    out = _build(source, tmp_path / "out")
+    document = croissant_jsonld(out, url="https://huggingface.co/datasets/org/covid_cxr_unified")
+    assert document["@context"] == CONTEXT
+    for term in ("cr", "sc", "dct", "citeAs", "recordSet", "field", "fileSet", "includes", "extract", "source"):
+        assert term in document["@context"]
+    assert document["@type"] == "sc:Dataset" and document["conformsTo"] == CONFORMS_TO
+    for key in ("name", "description", "license", "url", "version", "citeAs", "distribution", "recordSet"):
+        assert document[key], key
+    assert "cohen2020covid" in document["citeAs"]  # the ieee8023 BibTeX
+    report = json.loads((out / "build_report.json").read_text())
+    assert document["identifier"] == report["fingerprint"]
+
+    files = _by_type(document, "cr:FileObject")
+    shards = _shards(out)
+    files.sort(key=lambda f: f["contentUrl"])
+    assert [f["contentUrl"] for f in files] == [p.relative_to(out).as_posix() for p in shards]
+    for entry, path in zip(files, shards, strict=True):
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["contentSize"] == f"{path.stat().st_size} B"
+        assert entry["encodingFormat"] == "application/x-parquet"
+    (fileset,) = _by_type(document, "cr:FileSet")
+    assert fileset["encodingFormat"] == "application/x-parquet"
+    included = [p for p in shards if fnmatch.fnmatch(p.relative_to(out).as_posix(), fileset["includes"])]
+    assert included == shards
+
+
+def test_record_sets_name_real_columns_and_resolve(source: Path, tmp_path: Path) -> None:
+    out = _build(source, tmp_path / "out")
+    document = croissant_jsonld(out)
+    ids = [d["@id"] for d in document["distribution"]]
+    splits_set, config_set = document["recordSet"]
+    assert splits_set["dataType"] == "cr:Split"
+    assert [row["splits/name"] for row in splits_set["data"]] == [
+        s for s in SPLITS if any(p.name.startswith(f"{s}-") for p in _shards(out))
+    ]
+    assert config_set["@id"] == "ieee8023" and config_set["key"] == {"@id": "ieee8023/record_id"}
+    fields = {f["name"]: f for f in config_set["field"]}
+    columns = set(pq.read_schema(_shards(out)[0]).names)
+    field_ids = [f["@id"] for s in document["recordSet"] for f in s["field"]]
+    assert len(field_ids) == len(set(field_ids)) == len(set(field_ids) | set(ids)) - len(ids)
+    for name, field in fields.items():
+        assert field["@type"] == "cr:Field" and field["dataType"].startswith("sc:")
+        if name == "split":
+            continue
+        assert name in columns
+        assert field["source"]["fileSet"]["@id"] in ids
+        assert field["source"]["extract"] == {"column": name}
+    for name, data_type in {
+        "record_id": "sc:Text",
+        "age_years": "sc:Float",
+        "bits_stored": "sc:Integer",
+        "image": "sc:ImageObject",
+        "view": "sc:Integer",
+        "covid19": "sc:Integer",
+        "license_research": "sc:Boolean",
+    }.items():
+        assert fields[name]["dataType"] == data_type, name
+    assert fields["image"]["source"]["transform"] == {"jsonPath": "bytes"}
+    assert "0 = PA" in fields["view"]["description"] and "1 = negative" in fields["covid19"]["description"]
+    assert "masks" not in fields and "masks" in config_set["description"]  # list columns are named only
+    split = fields["split"]
+    assert split["references"] == {"field": {"@id": "splits/name"}}
+    pattern = re.compile(split["source"]["transform"]["regex"])
+    for path in _shards(out):
+        match = pattern.match(str(path))
+        assert match and match.group(1) == path.name.split("-")[0]
+
+
+def test_file_is_deterministic_and_valid_json(source: Path, tmp_path: Path) -> None:
+    first = write_croissant(_build(source, tmp_path / "a"))
+    second = write_croissant(_build(source, tmp_path / "b"))
+    assert first.name == "croissant.json"
+    assert first.read_bytes() == second.read_bytes()
+    document = json.loads(first.read_text(encoding="utf-8"))
+    assert croissant_text(document) == first.read_text(encoding="utf-8")
+    assert list(document)[:5] == ["@context", "@type", "name", "description", "conformsTo"]
+
+
+def test_mlcroissant_reads_every_record(source: Path, tmp_path: Path) -> None:
+    """Optional: when mlcroissant is installed, it must load the file and find every row."""
+    mlc = pytest.importorskip("mlcroissant")
+    out = _build(source, tmp_path / "out")
+    dataset = mlc.Dataset(jsonld=str(write_croissant(out)))
+    counted: dict[str, int] = {}
+    for record in dataset.records(record_set="ieee8023"):
+        split = record["ieee8023/split"]
+        split = split.decode() if isinstance(split, bytes) else split
+        counted[split] = counted.get(split, 0) + 1
+    expected = json.loads((out / "build_report.json").read_text())["configs"]["ieee8023"]
+    assert counted == {s: n for s, n in expected.items() if n}
