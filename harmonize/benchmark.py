@@ -45,6 +45,7 @@ from covid_cxr_unified.harmonize.benchmark_data import (
     view_names,
 )
 from covid_cxr_unified.harmonize.benchmark_stats import (
+    NO_RECORDS,
     NOT_TRAINED,
     OK,
     SINGLE_CLASS,
@@ -337,6 +338,8 @@ def _cell_score(
     rng: np.random.Generator,
 ) -> Score:
     y = labels[in_cell]
+    if not len(y):
+        return Score(0, 0, 0, status=NO_RECORDS, note="no test records")
     if isinstance(scores, str):
         n_pos = int(y.sum())
         return Score(len(y), n_pos, len(y) - n_pos, status=NOT_TRAINED, note=scores)

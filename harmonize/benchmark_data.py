@@ -131,7 +131,9 @@ def load_build(folder: Path) -> LoadedBuild:
         raise SourceNotFoundError(f"{data} holds no config folders")
     if ALL_CONFIG in configs:
         tables = {split: _read_split(data / ALL_CONFIG, split) for split in SPLITS}
-        return LoadedBuild(_datasets({s: [t] for s, t in tables.items() if t is not None}), "config `all`")
+        present = {s for t in tables.values() if t is not None for s in t.column("source").to_pylist()}
+        origin = "config `all`" + _missing_from_all(data, [c for c in configs if c != ALL_CONFIG], present)
+        return LoadedBuild(_datasets({s: [t] for s, t in tables.items() if t is not None}), origin)
     per_config = {c: {split: _read_split(data / c, split) for split in SPLITS} for c in configs}
     merged = _fold_v7_into_ieee8023(per_config)
     gathered = {split: [t[split] for t in per_config.values() if t[split] is not None] for split in SPLITS}
@@ -139,6 +141,21 @@ def load_build(folder: Path) -> LoadedBuild:
     if merged:
         origin += f" ({merged} v7_darwin records folded into their ieee8023 image as masks)"
     return LoadedBuild(_datasets({s: [t for t in ts if t is not None] for s, ts in gathered.items()}), origin, merged)
+
+
+def _missing_from_all(data: Path, configs: list[str], present: set[str]) -> str:
+    """A note naming per-source configs whose records the `all` config does not hold (e.g. filtered out)."""
+    missing = []
+    for config in configs:
+        sources = {s for split in SPLITS for s in _read_sources(data / config, split)}
+        if sources - present - {Source.V7_DARWIN.value}:
+            missing.append(config)
+    return f" (its sources do not include the configs {', '.join(missing)}: not benchmarked)" if missing else ""
+
+
+def _read_sources(config_dir: Path, split: str) -> list[str]:
+    shards = sorted(config_dir.glob(f"{split}-*.parquet"))
+    return [s for shard in shards for s in pq.read_table(shard, columns=["source"]).column("source").to_pylist()]
 
 
 def _read_split(config_dir: Path, split: str) -> pa.Table | None:

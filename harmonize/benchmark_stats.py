@@ -12,6 +12,7 @@ OK = "ok"
 SINGLE_CLASS = "single_class"
 TOO_FEW = "too_few"
 NOT_TRAINED = "not_trained"
+NO_RECORDS = "no_records"
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Score:
     auroc: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
-    status: str = OK  # ok | single_class | too_few | not_trained
+    status: str = OK  # ok | no_records | single_class | too_few | not_trained
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,8 +95,10 @@ def score_binary(
     n_pos = int((labels == 1).sum())
     n_neg = len(labels) - n_pos
     n = len(labels)
+    if n == 0:
+        return Score(0, 0, 0, status=NO_RECORDS, note="no test records")
     if n_pos == 0 or n_neg == 0:
-        only = "no records" if not n else ("only negatives" if n_pos == 0 else "only positives")
+        only = "only negatives" if n_pos == 0 else "only positives"
         return Score(n, n_pos, n_neg, status=SINGLE_CLASS, note=f"single class: {only}")
     if min(n_pos, n_neg) < min_per_class:
         return Score(n, n_pos, n_neg, status=TOO_FEW, note=f"too few: {n_pos} pos / {n_neg} neg (< {min_per_class})")

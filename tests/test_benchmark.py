@@ -309,6 +309,8 @@ def test_all_config_is_used_alone_when_present(tmp_path: Path) -> None:
     _write_config(tmp_path, "all", {"train": rows[:6], "test": rows[6:]})
     loaded = load_build(tmp_path)
     assert loaded.origin == "config `all`"
+    _write_config(tmp_path, "bimcv", {"train": [_row("bimcv", 0, "positive", rng, marker=False)]})
+    assert "do not include the configs bimcv" in load_build(tmp_path).origin
     assert len(loaded.splits["train"]) == 6 and len(loaded.splits["test"]) == 2
 
 
@@ -374,7 +376,7 @@ def test_cli_benchmark_on_the_demo_build(tmp_path: Path) -> None:
     data = json.loads((report / "benchmark.json").read_text(encoding="utf-8"))
     assert "ieee8023" in data["sources"] and data["task"]["name"] == "survival"
     statuses = {c["status"] for c in data["matrix"]["cells"]}
-    assert statuses <= {"ok", "single_class", "too_few", "not_trained"}
+    assert statuses <= {"ok", "no_records", "single_class", "too_few", "not_trained"}
     direct = benchmark_build(build, BenchmarkOptions(task="survival", n_bootstrap=200))
     assert direct.to_dict() == data
 
