@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 from datasets import Dataset, DatasetInfo, Features
 from datasets.table import InMemoryTable
 
@@ -122,19 +123,25 @@ def view_names(dataset: Dataset) -> list[str]:
 
 
 def load_build(folder: Path) -> LoadedBuild:
-    """The build at `folder` as train/validation/test Datasets (Parquet read directly, no cache copy)."""
-    data = folder / "data"
-    if not data.is_dir():
+    """The build at `folder` as train/validation/test Datasets (Parquet read directly, no cache copy).
+
+    Which shards make up a config comes from the card's YAML `configs` (the `all` config may list
+    shards of per-source folders); without a card, from the folders under `data/`.
+    """
+    if not (folder / "data").is_dir():
         raise SourceNotFoundError(f"{folder} is not a covid-cxr build: it has no data/ folder")
-    configs = sorted(p.name for p in data.iterdir() if p.is_dir())
+    configs = config_files(folder)
     if not configs:
-        raise SourceNotFoundError(f"{data} holds no config folders")
+        raise SourceNotFoundError(f"{folder / 'data'} holds no Parquet shards")
     if ALL_CONFIG in configs:
-        tables = {split: _read_split(data / ALL_CONFIG, split) for split in SPLITS}
+        tables = {split: _read_split(folder, configs[ALL_CONFIG].get(split, [])) for split in SPLITS}
         present = {s for t in tables.values() if t is not None for s in t.column("source").to_pylist()}
-        origin = "config `all`" + _missing_from_all(data, [c for c in configs if c != ALL_CONFIG], present)
+        others = {c: files for c, files in configs.items() if c != ALL_CONFIG}
+        origin = "config `all`" + _missing_from_all(folder, others, present)
         return LoadedBuild(_datasets({s: [t] for s, t in tables.items() if t is not None}), origin)
-    per_config = {c: {split: _read_split(data / c, split) for split in SPLITS} for c in configs}
+    per_config = {
+        c: {split: _read_split(folder, files.get(split, [])) for split in SPLITS} for c, files in configs.items()
+    }
     merged = _fold_v7_into_ieee8023(per_config)
     gathered = {split: [t[split] for t in per_config.values() if t[split] is not None] for split in SPLITS}
     origin = "union of configs " + ", ".join(f"`{c}`" for c in configs)
@@ -143,29 +150,57 @@ def load_build(folder: Path) -> LoadedBuild:
     return LoadedBuild(_datasets({s: [t for t in ts if t is not None] for s, ts in gathered.items()}), origin, merged)
 
 
-def _missing_from_all(data: Path, configs: list[str], present: set[str]) -> str:
+def config_files(folder: Path) -> dict[str, dict[str, list[str]]]:
+    """config -> split -> shard paths relative to `folder`, from the card, else from `data/<config>/`."""
+    card = folder / "README.md"
+    if card.is_file():
+        text = card.read_text(encoding="utf-8")
+        if text.startswith("---"):
+            try:
+                header = yaml.safe_load(text.split("---", 2)[1]) or {}
+            except yaml.YAMLError as exc:
+                raise SourceFormatError(f"cannot read the YAML header of {card}: {exc}") from exc
+            from_card = {
+                str(c["config_name"]): {
+                    str(f["split"]): [f["path"]] if isinstance(f["path"], str) else list(f["path"])
+                    for f in c.get("data_files", [])
+                }
+                for c in header.get("configs", [])
+            }
+            if from_card:
+                return dict(sorted(from_card.items()))
+    return {
+        d.name: {
+            split: [p.relative_to(folder).as_posix() for p in sorted(d.glob(f"{split}-*.parquet"))] for split in SPLITS
+        }
+        for d in sorted((folder / "data").iterdir())
+        if d.is_dir() and any(d.glob("*.parquet"))
+    }
+
+
+def _shards(folder: Path, patterns: list[str]) -> list[Path]:
+    return [p for pattern in patterns for p in sorted(folder.glob(pattern))]
+
+
+def _missing_from_all(folder: Path, configs: dict[str, dict[str, list[str]]], present: set[str]) -> str:
     """A note naming per-source configs whose records the `all` config does not hold (e.g. filtered out)."""
     missing = []
-    for config in configs:
-        sources = {s for split in SPLITS for s in _read_sources(data / config, split)}
+    for config, files in configs.items():
+        shards = _shards(folder, [p for patterns in files.values() for p in patterns])
+        sources = {s for shard in shards for s in pq.read_table(shard, columns=["source"]).column("source").to_pylist()}
         if sources - present - {Source.V7_DARWIN.value}:
             missing.append(config)
     return f" (its sources do not include the configs {', '.join(missing)}: not benchmarked)" if missing else ""
 
 
-def _read_sources(config_dir: Path, split: str) -> list[str]:
-    shards = sorted(config_dir.glob(f"{split}-*.parquet"))
-    return [s for shard in shards for s in pq.read_table(shard, columns=["source"]).column("source").to_pylist()]
-
-
-def _read_split(config_dir: Path, split: str) -> pa.Table | None:
-    shards = sorted(config_dir.glob(f"{split}-*.parquet"))
+def _read_split(folder: Path, patterns: list[str]) -> pa.Table | None:
+    shards = _shards(folder, patterns)
     if not shards:
         return None
     try:
-        return pa.concat_tables([pq.read_table(shard) for shard in shards])
+        return pa.concat_tables([pq.read_table(shard) for shard in shards], promote_options="permissive")
     except (OSError, pa.ArrowException) as exc:
-        raise SourceFormatError(f"cannot read the Parquet shards of {config_dir} ({split}): {exc}") from exc
+        raise SourceFormatError(f"cannot read the Parquet shards {patterns} of {folder}: {exc}") from exc
 
 
 def _fold_v7_into_ieee8023(per_config: dict[str, dict[str, pa.Table | None]]) -> int:
@@ -230,7 +265,9 @@ def _datasets(tables: dict[str, list[pa.Table]]) -> dict[str, Dataset]:
     missing = {"record_id", "source", "patient_id", "image"} - set(common)
     if missing:
         raise SourceFormatError(f"the build lacks the columns {sorted(missing)}")
-    features = Features({k: v for k, v in Features.from_arrow_schema(all_tables[0].schema).items() if k in common})
+    declared = Features.from_arrow_schema(all_tables[0].schema)  # the build's Features (ClassLabel, Image, …)
+    inferred = Features.from_arrow_schema(all_tables[0].schema.remove_metadata())
+    features = Features({k: declared[k] if k in declared else inferred[k] for k in common})
     result = {}
     for split, split_tables in tables.items():
         if not split_tables:

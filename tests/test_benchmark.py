@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from datasets import ClassLabel, Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 from pycocotools import mask as coco_mask
@@ -309,9 +310,35 @@ def test_all_config_is_used_alone_when_present(tmp_path: Path) -> None:
     _write_config(tmp_path, "all", {"train": rows[:6], "test": rows[6:]})
     loaded = load_build(tmp_path)
     assert loaded.origin == "config `all`"
+    assert len(loaded.splits["train"]) == 6 and len(loaded.splits["test"]) == 2
     _write_config(tmp_path, "bimcv", {"train": [_row("bimcv", 0, "positive", rng, marker=False)]})
     assert "do not include the configs bimcv" in load_build(tmp_path).origin
-    assert len(loaded.splits["train"]) == 6 and len(loaded.splits["test"]) == 2
+
+
+def test_the_card_says_which_shards_make_up_the_all_config(tmp_path: Path) -> None:
+    """The `all` config may reference another config's shards instead of copying them."""
+    rng = random.Random(10)
+    rows = [_row("ieee8023", i, ("positive", "negative")[(i // 2) % 2], rng, marker=False) for i in range(8)]
+    bimcv = [_row("bimcv", i, "positive", rng, marker=False) for i in range(3)]
+    _write_config(tmp_path, "all", {"train": rows[:6], "test": rows[6:]})
+    _write_config(tmp_path, "bimcv", {"train": bimcv})
+    card = {
+        "configs": [
+            {"config_name": "bimcv", "data_files": [{"split": "train", "path": ["data/bimcv/train-*.parquet"]}]},
+            {
+                "config_name": "all",
+                "data_files": [
+                    {"split": "train", "path": ["data/all/train-00000-of-00001.parquet", "data/bimcv/train-*.parquet"]},
+                    {"split": "test", "path": "data/all/test-00000-of-00001.parquet"},
+                ],
+            },
+        ]
+    }
+    (tmp_path / "README.md").write_text("---\n" + yaml.safe_dump(card) + "---\n# card\n", encoding="utf-8")
+    loaded = load_build(tmp_path)
+    assert loaded.origin == "config `all`"
+    assert sorted(loaded.splits["train"]["source"]) == ["bimcv"] * 3 + ["ieee8023"] * 6
+    assert len(loaded.splits["test"]) == 2
 
 
 def test_lung_masked_benchmark_keeps_only_records_with_lung_masks(tmp_path: Path) -> None:
