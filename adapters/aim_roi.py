@@ -9,6 +9,7 @@ that contains literal back-slashes (`derivatives\\roi\\sub-…\\…_roi.xml`).
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -89,11 +90,15 @@ def polygon_rle(points: tuple[tuple[float, float], ...], width: int, height: int
     """Fill a polygon (even-odd, pixel units) on a height x width canvas and encode it as COCO RLE."""
     if len(points) < 3:
         raise RoiError(f"a polygon needs 3 points, got {len(points)}")
+    if not all(math.isfinite(v) for point in points for v in point):
+        raise RoiError("polygon has non-finite coordinates")  # PIL would silently draw something else
     canvas = Image.new("1", (width, height), 0)
     ImageDraw.Draw(canvas).polygon(list(points), fill=1, outline=1)
     binary = np.asfortranarray(np.array(canvas, dtype=np.uint8))
     encoded = coco_mask.encode(binary)
     counts = encoded["counts"]
+    if int(coco_mask.area(encoded)) == 0:
+        raise RoiError("polygon lies outside the image")
     return Rle(
         counts=counts.decode("ascii") if isinstance(counts, bytes) else str(counts),
         size=(height, width),

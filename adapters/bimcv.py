@@ -112,6 +112,9 @@ IMAGE_NAME = re.compile(
 )
 _SUB, _SES = re.compile(r"^sub-S\d+$"), re.compile(r"^ses-E\d+$")
 GRAYSCALE_MODES = {"L", "I;16", "I;16B", "I;16L", "I", "1"}
+# Photometric Interpretation (0028,0004) of a grey radiograph; any other value is counted as unmapped.
+GREY_PHOTOMETRICS = frozenset({"MONOCHROME1", "MONOCHROME2"})
+SIDECAR_TOO_LARGE = "JSON file too large"
 CT_REASON = "CT volume: not a chest X-ray"
 
 POS = LabelState.POSITIVE
@@ -220,7 +223,7 @@ class BimcvAdapter(Adapter):
         for archive in self._archives:
             verify_sha1(archive, sums)
             members = set()
-            for name, _member, data in iter_archive(archive, lambda n: not _is_image(n)):
+            for name, _member, data in iter_archive(archive, lambda n: not _is_image(n), self.max_archive_members):
                 if name in self._files:
                     raise SourceFormatError(
                         f"bimcv: {name} is in both {self._files[name].archive} and {archive.name}; pass the "
@@ -242,7 +245,10 @@ class BimcvAdapter(Adapter):
         if not listing.is_file():
             return None
         verify_sha1(listing, sums)
-        lines = listing.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = listing.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise SourceFormatError(f"bimcv: {listing.name} is not UTF-8 text") from exc
         paths = (line.split()[-1] for line in lines if line.startswith("-"))
         return {"/".join(p for p in path.split("/") if p not in ("", ".")) for path in paths}
 
@@ -322,8 +328,15 @@ class BimcvAdapter(Adapter):
                 continue
             if path.endswith(".json"):
                 stem = posixpath.basename(path).removesuffix(".json")
+                data = self._read(name)
+                if len(data) > self.max_json_bytes:
+                    self._sidecars[stem] = (
+                        f"{SIDECAR_TOO_LARGE}: {len(data)} bytes, over the limit of {self.max_json_bytes} "
+                        "(max_json_bytes)"
+                    )
+                    continue
                 try:
-                    self._sidecars[stem] = DicomJson.parse(self._read(name))
+                    self._sidecars[stem] = DicomJson.parse(data)
                 except SidecarError as exc:
                     self._sidecars[stem] = str(exc)
                 continue
@@ -412,7 +425,7 @@ class BimcvAdapter(Adapter):
             def want(name: str) -> bool:
                 return not self.metadata_only and name.endswith(".png") and name in wanted
 
-            for name, _member, data in iter_archive(archive, want):
+            for name, _member, data in iter_archive(archive, want, self.max_archive_members):
                 path = wanted.get(name)
                 if path is None or self._images[path].archive != archive.name:
                     continue
@@ -506,6 +519,8 @@ class BimcvAdapter(Adapter):
             ctx.flag("sidecar missing")
             return None
         if isinstance(sidecar, str):
+            if sidecar.startswith(SIDECAR_TOO_LARGE):
+                raise QuarantineItem(SIDECAR_TOO_LARGE, sidecar)
             ctx.flag("sidecar unreadable")
             return None
         return sidecar
@@ -527,6 +542,9 @@ class BimcvAdapter(Adapter):
         if sidecar is not None:
             photometric = sidecar.text(dicom_json.PHOTOMETRIC_INTERPRETATION)
             update["photometric_interpretation"] = photometric
+            if photometric is not None and photometric not in GREY_PHOTOMETRICS:
+                ctx.unmapped("PhotometricInterpretation", photometric)
+                ctx.flag("photometric interpretation is not MONOCHROME1/2 for a grey PNG")
             if photometric == "MONOCHROME1":
                 ctx.flag("MONOCHROME1: invert for display")
             bits = sidecar.number(dicom_json.BITS_STORED)
@@ -708,8 +726,9 @@ class BimcvAdapter(Adapter):
         else:
             columns = sidecar.number(dicom_json.COLUMNS) if sidecar is not None else None
             rows = sidecar.number(dicom_json.ROWS) if sidecar is not None else None
-            if columns is None or rows is None:
-                ctx.flag("ROI kept out: image size unknown")
+            limit = self.max_image_pixels
+            if columns is None or rows is None or not 1 <= min(columns, rows) <= columns * rows <= limit:
+                ctx.flag("ROI kept out: image size unknown")  # absent, or implausible (0, NaN, too large)
                 return ()
             width, height = int(columns), int(rows)
         masks = []
@@ -719,7 +738,11 @@ class BimcvAdapter(Adapter):
                 if finding is None:
                     ctx.flag("ROI with an unknown label kept out")
                     continue
-                rle = aim_roi.polygon_rle(polygon.points, width, height)
+                try:
+                    rle = aim_roi.polygon_rle(polygon.points, width, height)
+                except aim_roi.RoiError as exc:
+                    ctx.flag(f"ROI rejected: {exc}")
+                    continue
                 masks.append(
                     Mask(
                         label=MaskLabel.FINDING,

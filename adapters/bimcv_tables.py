@@ -34,17 +34,21 @@ def _text(data: bytes, name: str) -> str:
 
 def read_tsv(data: bytes, name: str) -> tuple[list[str], list[dict[str, str]]]:
     """(header, rows) of a TSV read like pandas does (quoted fields may hold tabs)."""
-    reader = csv.reader(io.StringIO(_text(data, name), newline=""), delimiter="\t")
+    reader = csv.reader(io.StringIO(_text(data, name), newline=""), delimiter="\t", strict=True)
     try:
         header, lines = next(reader, None), list(reader)
-    except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
+    except csv.Error as exc:  # bad quoting, or a cell over the csv module's field size limit
         raise SourceFormatError(f"bimcv: {name} line {reader.line_num}: {exc}") from exc
     if header is None:
         raise SourceFormatError(f"bimcv: {name} is empty")
     rows = []
-    for line in lines:
+    for number, line in enumerate(lines, start=2):
         if not any(cell.strip() for cell in line):
             continue
+        if any(cell.strip() for cell in line[len(header) :]):  # blank extra cells are a trailing tab
+            raise SourceFormatError(
+                f"bimcv: {name} row {number} has {len(line)} cells, the header {len(header)}: a shifted row"
+            )
         padded = line + [""] * (len(header) - len(line))
         rows.append(dict(zip(header, padded, strict=False)))
     return header, rows

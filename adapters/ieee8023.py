@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import hashlib
 import io
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from covid_cxr_unified.adapters.base import (
     QuarantineItem,
     SourceItem,
 )
+from covid_cxr_unified.adapters.urls import scrubbed
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
 from covid_cxr_unified.schema.licenses import UNKNOWN_LICENSE_ID, license_record
 from covid_cxr_unified.schema.record import (
@@ -212,6 +215,8 @@ class Ieee8023Adapter(Adapter):
         self.generation = ""
         self._sexes_by_patient: dict[str, set[str]] = {}
         self._seen_filenames: set[str] = set()
+        self._lines: list[list[str]] = []
+        self._ends: list[int] = []
 
     def discover(self) -> None:
         if not self.metadata.is_file():
@@ -225,9 +230,13 @@ class Ieee8023Adapter(Adapter):
             line = data[: exc.start].count(b"\n") + 1
             raise SourceFormatError(f"ieee8023: {self.metadata.name} line {line} is not UTF-8") from exc
         reader = csv.reader(io.StringIO(text, newline=""))
+        lines: list[list[str]] = []
+        ends: list[int] = []  # the physical line each row ends on: a bad quote can join several
         try:
             header = next(reader, None)
-            lines = list(reader)
+            for row in reader:
+                lines.append(row)
+                ends.append(reader.line_num)
         except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
             raise SourceFormatError(f"ieee8023: {self.metadata.name} line {reader.line_num}: {exc}") from exc
         if header is None:
@@ -243,6 +252,7 @@ class Ieee8023Adapter(Adapter):
         self.release = f"{self.generation}; metadata.csv sha256:{hashlib.sha256(data).hexdigest()[:16]}"
         self._raw_header = header
         self._lines = lines
+        self._ends = ends
         self._sexes_by_patient = self._sexes_per_patient()
 
     def _sexes_per_patient(self) -> dict[str, set[str]]:
@@ -261,7 +271,9 @@ class Ieee8023Adapter(Adapter):
             if len(line) == len(self.header):
                 fields = dict(zip(self._raw_header, line, strict=True))
             else:
-                fields = {"_malformed_fields": list(line)}
+                first, last = self._ends[number - 2] + 1 if number > 1 else 2, self._ends[number - 1]
+                where = f"line {first}" if first == last else f"lines {first}-{last} (a bad quote joins them)"
+                fields = {"_malformed_fields": list(line), "_lines": where}
             filename = line[self.header.index("filename")] if len(line) == len(self.header) else None
             yield SourceItem(
                 key=filename or f"row {number}",
@@ -281,7 +293,8 @@ class Ieee8023Adapter(Adapter):
     def check_scope(self, item: SourceItem, ctx: MappingContext) -> None:
         if "_malformed_fields" in item.fields:
             n = len(item.fields["_malformed_fields"])  # type: ignore[arg-type]
-            raise QuarantineItem("malformed row", f"{n} fields, header has {len(self.header)}")
+            where = item.fields["_lines"]
+            raise QuarantineItem("malformed row", f"{n} fields, header has {len(self.header)}; {where}")
         cell = self._column
         if cell(item, "folder").strip() == "volumes":
             raise ExcludeItem("CT volume: not a chest X-ray")
@@ -306,6 +319,8 @@ class Ieee8023Adapter(Adapter):
         return "CT" if self._column(item, "view").strip() in CT_VIEWS else "X-ray"
 
     def to_record(self, item: SourceItem, image: ImageRef | None, ctx: MappingContext) -> Record:
+        fields, repairs = scrubbed(dict(item.fields))  # no access token from a `url` cell reaches a build
+        item = dataclasses.replace(item, fields=fields)
         cell = self._column
         pid = cell(item, "patientid").strip()
         filename = cell(item, "filename")
@@ -359,6 +374,7 @@ class Ieee8023Adapter(Adapter):
                 source_file=item.source_file,
                 row=item.row,
                 adapter_version=self.version,
+                repairs=repairs,
                 flags=tuple(ctx.flags),
             ),
             raw=dict(item.fields),
@@ -416,10 +432,14 @@ def _float_or_none(ctx: MappingContext, column: str, raw: str) -> float | None:
     if not raw:
         return None
     try:
-        return float(raw)
+        number = float(raw)
     except ValueError:
         ctx.unmapped(column, raw)
         return None
+    if not math.isfinite(number):  # 'nan', 'inf': not a measurement
+        ctx.unmapped(column, raw)
+        return None
+    return number
 
 
 def _parse_date(ctx: MappingContext, raw: str) -> tuple[dt.date | None, int | None]:

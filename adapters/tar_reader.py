@@ -13,6 +13,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from covid_cxr_unified.adapters.limits import DEFAULT_MAX_ARCHIVE_MEMBERS
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
@@ -34,7 +35,11 @@ def is_archive(path: Path) -> bool:
 def read_sha1sums(path: Path) -> dict[str, str]:
     """`sha1sums.txt` as {file name: sha1}; accepts `<sha1>  name` and `sha1sum -b`'s `<sha1> *name`."""
     sums: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourceFormatError(f"{path.name} is not UTF-8 text") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)
@@ -83,15 +88,20 @@ def check_member(archive: str, member: tarfile.TarInfo) -> str:
 
 
 def iter_archive(
-    path: Path, want: Callable[[str], bool]
+    path: Path, want: Callable[[str], bool], max_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
 ) -> Iterator[tuple[str, tarfile.TarInfo, bytes | None]]:
     """Stream (name, member, bytes-or-None) for every file member; bytes only where `want(name)`.
 
-    Every member, folders included, is checked before anything is read from it.
+    Every member, folders included, is checked before anything is read from it; an archive with
+    more than `max_members` members is refused.
     """
     try:
         with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
+            for count, member in enumerate(tar, start=1):
+                if count > max_members:
+                    raise SourceFormatError(
+                        f"{path.name}: more than {max_members} members (max_archive_members); refusing the archive"
+                    )
                 name = check_member(path.name, member)
                 if not member.isfile():
                     continue

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
-import urllib.parse
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,17 +25,13 @@ from typing import Any
 from pydantic import JsonValue
 
 from covid_cxr_unified.adapters.limits import DEFAULT_MAX_ARCHIVE_MEMBERS, DEFAULT_MAX_JSON_BYTES
+from covid_cxr_unified.adapters.urls import scrubbed
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
 
 COCO = "coco"
 DARWIN_1 = "darwin-1.0"
 DARWIN_2 = "darwin-2.0"
 TOO_LARGE = "JSON file too large"
-# Query parameters that are credentials: removed from every URL kept in a record's raw fields.
-SECRET_QUERY_KEYS = frozenset(
-    {"token", "access_token", "api_key", "apikey", "key", "signature", "x-amz-signature", "x-amz-credential",
-     "x-amz-security-token", "sig", "auth"}
-)
 
 
 @dataclass(frozen=True)
@@ -119,8 +115,24 @@ def read_export(
         if len(parsed) != 1 or not isinstance(document, dict):
             names = ", ".join(f.name for f, _ in parsed[:5])
             raise SourceFormatError(f"v7_darwin: {root} mixes a COCO export with other JSON files ({names})")
-        return read_coco(document, file)
+        _check_coco(document, file)
+        try:
+            return read_coco(document, file)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            raise SourceFormatError(
+                f"v7_darwin: {file.name} is not a well-formed COCO export ({type(exc).__name__}: {exc})"
+            ) from exc
     return _read_darwin(root, parsed)
+
+
+def _check_coco(document: dict[str, Any], file: JsonFile) -> None:
+    """The COCO lists are lists of objects; anything else makes the whole export unreadable."""
+    for key in ("images", "annotations", "categories", "tag_categories"):
+        value = document.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+            raise SourceFormatError(f"v7_darwin: {file.name}: COCO '{key}' is not a list of objects")
+    if not isinstance(document.get("info") or {}, dict):
+        raise SourceFormatError(f"v7_darwin: {file.name}: COCO 'info' is not an object")
 
 
 def _too_large(size: int, limit: int) -> str | None:
@@ -175,44 +187,6 @@ def _load(file: JsonFile) -> object:
         return {"_unreadable": "JSON nested too deeply"}
 
 
-def strip_url_secrets(value: JsonValue, where: str = "") -> tuple[JsonValue, list[str]]:
-    """`value` with credential query parameters (`?token=…`) removed from every URL in it, and the
-    paths (e.g. `image.url`) of the URLs that carried one."""
-    if isinstance(value, dict):
-        result: dict[str, JsonValue] = {}
-        found: list[str] = []
-        for key, item in value.items():
-            result[key], inner = strip_url_secrets(item, f"{where}.{key}" if where else str(key))
-            found += inner
-        return result, found
-    if isinstance(value, list):
-        items, found = [], []
-        for index, item in enumerate(value):
-            clean, inner = strip_url_secrets(item, f"{where}[{index}]")
-            items.append(clean)
-            found += inner
-        return items, found
-    if isinstance(value, str) and "://" in value and "?" in value:
-        try:
-            parts = urllib.parse.urlsplit(value)
-            query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        except ValueError:
-            return value, []
-        kept = [(k, v) for k, v in query if k.lower() not in SECRET_QUERY_KEYS]
-        if len(kept) != len(query):
-            return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept))), [where]
-    return value, []
-
-
-def _scrubbed(raw: dict[str, JsonValue]) -> tuple[dict[str, JsonValue], tuple[str, ...]]:
-    clean: dict[str, JsonValue] = {}
-    found: list[str] = []
-    for key, value in raw.items():
-        clean[key], inner = strip_url_secrets(value, key)
-        found += inner
-    return clean, tuple(f"access token removed from the URL in raw {where}" for where in found)
-
-
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
@@ -233,7 +207,7 @@ def read_coco(document: dict[str, Any], file: JsonFile) -> Export:
         seen_ids.add(entry.get("id"))
         tag_ids = entry.get("tag_ids") or []
         unknown_tag_ids += sum(1 for t in tag_ids if t not in tag_names)
-        raw, repairs = _scrubbed(_coco_raw(entry, by_image.get(entry.get("id"), [])))
+        raw, repairs = scrubbed(_coco_raw(entry, by_image.get(entry.get("id"), [])))
         images.append(
             V7Image(
                 file_name=str(entry.get("file_name") or ""),
@@ -265,8 +239,8 @@ def _coco_annotation(ann: dict[str, Any], categories: dict[object, str]) -> V7An
     common: dict[str, Any] = {
         "annotation_id": str(ann.get("id")),
         "category": categories.get(ann.get("category_id"), f"category_id {ann.get('category_id')}"),
-        "stated_area": ann.get("area"),
-        "stated_bbox": tuple(ann["bbox"]) if isinstance(ann.get("bbox"), list) else None,
+        "stated_area": ann.get("area") if _is_number(ann.get("area")) else None,
+        "stated_bbox": tuple(ann["bbox"]) if _is_box(ann.get("bbox")) else None,
     }
     if isinstance(segmentation, dict):
         return V7Annotation(rle=segmentation, **common)
@@ -289,6 +263,14 @@ def _coco_raw(entry: dict[str, Any], anns: list[V7Annotation]) -> dict[str, Json
         for a in anns
     ]
     return {**kept, "annotations": summary}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_box(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)
 
 
 def _int(value: object) -> int | None:
@@ -355,7 +337,7 @@ def read_darwin_v1(document: dict[str, Any], file: JsonFile) -> V7Image:
             kinds = sorted(set(ann) - {"name"})
             annotations.append(V7Annotation(ann_id, name, unsupported=f"Darwin annotation {kinds}"))
     kept = {k: v for k, v in image.items() if k not in ("url", "thumbnail_url")}
-    raw, repairs = _scrubbed({"image": kept, "dataset": document.get("dataset"), "tags": list(tags)})
+    raw, repairs = scrubbed({"image": kept, "dataset": document.get("dataset"), "tags": list(tags)})
     return V7Image(
         file_name=str(image.get("original_filename") or image.get("filename") or ""),
         source_file=file.name,
@@ -392,7 +374,7 @@ def read_darwin_v2(document: dict[str, Any], file: JsonFile) -> V7Image:
     item = document["item"]
     slots = item.get("slots") or [{}]
     source_files = slots[0].get("source_files") or [{}]
-    raw, repairs = _scrubbed(
+    raw, repairs = scrubbed(
         {
             "item": {"name": item.get("name"), "path": item.get("path")},
             "slot_file_name": source_files[0].get("file_name"),

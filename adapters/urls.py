@@ -1,0 +1,62 @@
+"""Credentials in URLs: V7 exports sign image links with `?token=…`; no build may keep one."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+from pydantic import JsonValue
+
+# Query parameters that are credentials: removed from every URL kept in a record's raw fields.
+SECRET_QUERY_KEYS = frozenset(
+    {
+        "token",
+        "access_token",
+        "api_key",
+        "apikey",
+        "key",
+        "signature",
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "sig",
+        "auth",
+    }
+)
+
+
+def strip_url_secrets(value: JsonValue, where: str = "") -> tuple[JsonValue, list[str]]:
+    """`value` with credential query parameters (`?token=…`) removed from every URL in it, and the
+    paths (e.g. `image.url`) of the URLs that carried one."""
+    if isinstance(value, dict):
+        result: dict[str, JsonValue] = {}
+        found: list[str] = []
+        for key, item in value.items():
+            result[key], inner = strip_url_secrets(item, f"{where}.{key}" if where else str(key))
+            found += inner
+        return result, found
+    if isinstance(value, list):
+        items, found = [], []
+        for index, item in enumerate(value):
+            clean, inner = strip_url_secrets(item, f"{where}[{index}]")
+            items.append(clean)
+            found += inner
+        return items, found
+    if isinstance(value, str) and "://" in value and "?" in value:
+        try:
+            parts = urllib.parse.urlsplit(value)
+            query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        except ValueError:
+            return value, []
+        kept = [(k, v) for k, v in query if k.lower() not in SECRET_QUERY_KEYS]
+        if len(kept) != len(query):
+            return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept))), [where]
+    return value, []
+
+
+def scrubbed(raw: dict[str, JsonValue]) -> tuple[dict[str, JsonValue], tuple[str, ...]]:
+    clean: dict[str, JsonValue] = {}
+    found: list[str] = []
+    for key, value in raw.items():
+        clean[key], inner = strip_url_secrets(value, key)
+        found += inner
+    return clean, tuple(f"access token removed from the URL in raw {where}" for where in found)
