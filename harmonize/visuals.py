@@ -26,7 +26,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -117,18 +117,32 @@ def read_config(
 ) -> pa.Table:
     """The `columns` of every row of `config` plus a `split` column, in split then shard order.
 
-    With `record_ids`, only those rows are read (row groups whose statistics exclude them are skipped).
+    With `record_ids`, only those rows are returned, and only the row groups holding one of them
+    are read beyond their `record_id` column (so a dozen images cost a dozen row groups, not the
+    whole image column).
     """
     tables = []
     wanted = None if record_ids is None else pa.array(sorted(set(record_ids)), pa.string())
     for split, paths in config_shards(build_dir, config).items():
-        dataset = pads.dataset([str(p) for p in paths], format="parquet")
-        row_filter = None if wanted is None else pc.field("record_id").isin(wanted)
-        table = dataset.to_table(columns=list(columns), filter=row_filter)
-        tables.append(table.append_column("split", pa.array([split] * table.num_rows, pa.string())))
+        for path in paths:
+            for table in _read_shard(path, columns, wanted):
+                tables.append(table.append_column("split", pa.array([split] * table.num_rows, pa.string())))
     if not tables:
         return pa.table({**{c: pa.array([], pa.null()) for c in columns}, "split": pa.array([], pa.string())})
     return pa.concat_tables(tables)
+
+
+def _read_shard(path: Path, columns: Sequence[str], wanted: pa.Array | None) -> list[pa.Table]:
+    parquet = pq.ParquetFile(path)
+    if wanted is None:
+        return [parquet.read(columns=list(columns))]
+    tables = []
+    for group in range(parquet.metadata.num_row_groups):
+        ids = parquet.read_row_group(group, columns=["record_id"]).column("record_id")
+        hit = pc.is_in(ids, value_set=wanted)
+        if pc.any(hit).as_py():
+            tables.append(parquet.read_row_group(group, columns=list(columns)).filter(hit))
+    return tables
 
 
 def _rows(data: Rows, columns: Sequence[str]) -> list[dict[str, Any]]:
@@ -355,7 +369,7 @@ def _write_sheet(
     draw = ImageDraw.Draw(sheet)
     title_font, small = _font(18), _font(12)
     draw.text((pad + 2, 8), _fit(draw, title, title_font, width - 2 * pad), fill=_TEXT, font=title_font)
-    subtitle = f"{len(picked)} of {total:,} records, chosen by a keyed hash of record_id"
+    subtitle = f"{len(picked)} of {total:,} records (keyed hash of record_id); captions: view · COVID-19 state"
     draw.text((pad + 2, 33), subtitle, fill=_MUTED, font=small)
     _legend(draw, width - pad, 35, small)
     for index, row in enumerate(picked):
@@ -367,7 +381,7 @@ def _write_sheet(
         dot = top + tile + 6
         draw.ellipse((left + 1, dot + 2, left + 9, dot + 10), fill=LABEL_COLOURS.get(state, "#FFFFFF"))
         masks = row.get("masks") or []
-        line = f"{view} · covid19 {state}"
+        line = f"{view} · {state}"
         if masks:
             line += f" · {len(masks)} mask{'s' * (len(masks) != 1)}"
         draw.text((left + 13, dot), _fit(draw, line, small, tile - 14), fill=_TEXT, font=small)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 import struct
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from covid_cxr_unified.harmonize.visuals import (
     plot_ages,
     plot_label_by_source,
     plot_views,
+    read_config,
     render_card_figures,
     render_tile,
 )
@@ -264,3 +267,14 @@ def test_card_figures_of_an_empty_config(tmp_path: Path) -> None:
     figures = render_card_figures(tmp_path, "nothing")
     assert all(f.path.is_file() for f in figures)
     assert _open(figures[0].path).std() > 1  # a titled placeholder, not an error
+
+
+def test_read_config_reads_splits_and_only_the_asked_rows(tmp_path: Path) -> None:
+    out = _build(write_ieee8023(tmp_path / "src", seed=2, patients=30).root, tmp_path / "out")
+    everything = read_config(out, "ieee8023", ("record_id", "view"))
+    report = json.loads((out / "build_report.json").read_text())["configs"]["ieee8023"]
+    assert Counter(everything.column("split").to_pylist()) == {s: n for s, n in report.items() if n}
+    ids = everything.column("record_id").to_pylist()[::7]
+    some = read_config(out, "ieee8023", ("record_id", "image"), record_ids=ids)
+    assert sorted(some.column("record_id").to_pylist()) == sorted(ids)
+    assert all(cell["bytes"] for cell in some.column("image").to_pylist())
