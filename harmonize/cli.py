@@ -70,7 +70,8 @@ def build(
 
     try:
         given = {Source.IEEE8023: ieee8023, Source.V7_DARWIN: v7, Source.BIMCV: bimcv}
-        shared_images = {Source.IEEE8023: images, Source.V7_DARWIN: images, Source.BIMCV: None}
+        v7_images = images if images is not None or ieee8023 is None else _ieee8023_images(ieee8023)
+        shared_images = {Source.IEEE8023: images, Source.V7_DARWIN: v7_images, Source.BIMCV: None}
         specs = [SourceSpec(s, path, shared_images[s]) for s, path in given.items() if path is not None]
         options = BuildOptions(
             out=out,
@@ -87,6 +88,11 @@ def build(
         counts = ", ".join(f"{split} {n}" for split, n in config.split_counts.items())
         typer.echo(f"{config.name}: {counts}")
     typer.echo(f"wrote {result.out} (report: {result.out / 'build_report.md'})")
+
+
+def _ieee8023_images(ieee8023: Path) -> Path:
+    """V7 annotates ieee8023's images: by default read them from the ieee8023 folder."""
+    return (ieee8023.parent if ieee8023.suffix == ".csv" else ieee8023) / "images"
 
 
 @app.command()
