@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasets import ClassLabel, Features, Image, Json, Value
+from datasets import ClassLabel, Features, Image, Json, List, Value
 
 from covid_cxr_unified.adapters import adapter_class
 from covid_cxr_unified.harmonize.errors import HarmonizeError
@@ -109,6 +109,9 @@ FIELD_DESCRIPTIONS = {
     "photometric_interpretation": "MONOCHROME1 (air bright: invert for display), MONOCHROME2, or null.",
     "view": "Projection",
     "covid19": "COVID-19 label state",
+    "findings": "Findings named by the source, each with its label state and raw text",
+    "masks": "Regions, one per annotation: label (lung, ignore or finding), the finding, and a compressed "
+    "COCO RLE (`counts`) of an image of `size` [height, width], with `area` and `bbox` [x, y, w, h]",
     "license_id": "SPDX-like id of the image license; the license_* booleans say what it permits.",
 }
 
@@ -163,6 +166,47 @@ def _field(config: str, fileset: str, name: str, feature: Any, data_type: str) -
         "dataType": data_type,
         "source": source,
     }
+
+
+def _list_field(config: str, fileset: str, name: str, feature: List) -> dict[str, Any] | None:
+    """A list column as a repeated field: a list of scalars directly, a list of structs through one
+    sub-field per scalar member (members that are themselves lists, e.g. a mask's `size` and `bbox`,
+    are named in the description)."""
+    inner = feature.feature
+    column_source = {"fileSet": {"@id": fileset}, "extract": {"column": name}}
+    description = FIELD_DESCRIPTIONS.get(name, f"Column `{name}` of the Parquet shards")
+    field: dict[str, Any] = {"@type": "cr:Field", "@id": f"{config}/{name}", "name": name}
+    if not isinstance(inner, dict):
+        data_type = _field_type(inner)
+        if data_type is None:
+            return None
+        return {
+            **field,
+            "description": f"{description} (a list).",
+            "dataType": data_type,
+            "repeated": True,
+            "source": column_source,
+        }
+    members, other = [], []
+    for key, member in inner.items():
+        data_type = _field_type(member)
+        if data_type is None or isinstance(member, Image):
+            other.append(key)
+            continue
+        members.append(
+            {
+                "@type": "cr:Field",
+                "@id": f"{config}/{name}/{key}",
+                "name": key,
+                "dataType": data_type,
+                "source": {**column_source, "transform": {"jsonPath": key}},
+            }
+        )
+    if not members:
+        return None
+    if other:
+        description += "; members also in the column: " + ", ".join(other)
+    return {**field, "description": f"{description}.", "repeated": True, "subField": members}
 
 
 def _sources_in(shards: dict[str, dict[str, list[Path]]]) -> list[str]:
@@ -303,16 +347,18 @@ def _config_record_set(config: str, fileset: str, features: Features) -> dict[st
             "references": {"field": {"@id": "splits/name"}},
         }
     ]
-    nested = []
+    skipped = []
     for column, feature in features.items():
         data_type = _field_type(feature)
-        if data_type is None:
-            nested.append(column)
-            continue
-        fields.append(_field(config, fileset, column, feature, data_type))
+        if data_type is not None:
+            fields.append(_field(config, fileset, column, feature, data_type))
+        elif isinstance(feature, List) and (listed := _list_field(config, fileset, column, feature)):
+            fields.append(listed)
+        else:
+            skipped.append(column)
     description = f"The records of the {config} config, one per image."
-    if nested:
-        description += " List columns, not described as fields here: " + ", ".join(nested) + "."
+    if skipped:
+        description += " Columns not described as fields here: " + ", ".join(skipped) + "."
     record_set: dict[str, Any] = {
         "@type": "cr:RecordSet",
         "@id": config,

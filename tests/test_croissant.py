@@ -6,6 +6,7 @@ import fnmatch
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from covid_cxr_unified.harmonize.croissant import (
 )
 from covid_cxr_unified.harmonize.splits import SPLITS
 from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
+from covid_cxr_unified.harmonize.synthetic.v7_darwin import write_v7_darwin
 from covid_cxr_unified.schema.vocab import Source
 
 
@@ -83,14 +85,17 @@ def test_record_sets_name_real_columns_and_resolve(source: Path, tmp_path: Path)
     fields = {f["name"]: f for f in config_set["field"]}
     columns = set(pq.read_schema(_shards(out)[0]).names)
     field_ids = [f["@id"] for s in document["recordSet"] for f in s["field"]]
+    field_ids += [sub["@id"] for s in document["recordSet"] for f in s["field"] for sub in f.get("subField", [])]
     assert len(field_ids) == len(set(field_ids)) == len(set(field_ids) | set(ids)) - len(ids)
     for name, field in fields.items():
-        assert field["@type"] == "cr:Field" and field["dataType"].startswith("sc:")
+        assert field["@type"] == "cr:Field"
         if name == "split":
             continue
         assert name in columns
-        assert field["source"]["fileSet"]["@id"] in ids
-        assert field["source"]["extract"] == {"column": name}
+        for leaf in field.get("subField", [field]):
+            assert leaf["dataType"].startswith("sc:")
+            assert leaf["source"]["fileSet"]["@id"] in ids
+            assert leaf["source"]["extract"] == {"column": name}
     for name, data_type in {
         "record_id": "sc:Text",
         "age_years": "sc:Float",
@@ -103,7 +108,21 @@ def test_record_sets_name_real_columns_and_resolve(source: Path, tmp_path: Path)
         assert fields[name]["dataType"] == data_type, name
     assert fields["image"]["source"]["transform"] == {"jsonPath": "bytes"}
     assert "0 = PA" in fields["view"]["description"] and "1 = negative" in fields["covid19"]["description"]
-    assert "masks" not in fields and "masks" in config_set["description"]  # list columns are named only
+    masks = fields["masks"]
+    assert masks["repeated"] is True and "dataType" not in masks
+    assert {f["name"]: f["dataType"] for f in masks["subField"]} == {
+        "label": "sc:Text",
+        "finding": "sc:Text",
+        "counts": "sc:Text",
+        "area": "sc:Integer",
+        "annotation_source": "sc:Text",
+        "annotation_id": "sc:Text",
+        "annotation_license_id": "sc:Text",
+        "annotation_attribution": "sc:Text",
+    }
+    assert all(f["source"]["extract"] == {"column": "masks"} for f in masks["subField"])
+    assert "size, bbox" in masks["description"]  # fixed-length list members are named, not typed
+    assert fields["view_disagreements"]["repeated"] is True and fields["view_disagreements"]["dataType"] == "sc:Text"
     split = fields["split"]
     assert split["references"] == {"field": {"@id": "splits/name"}}
     pattern = re.compile(split["source"]["transform"]["regex"])
@@ -122,15 +141,31 @@ def test_file_is_deterministic_and_valid_json(source: Path, tmp_path: Path) -> N
     assert list(document)[:5] == ["@context", "@type", "name", "description", "conformsTo"]
 
 
-def test_mlcroissant_reads_every_record(source: Path, tmp_path: Path) -> None:
-    """Optional: when mlcroissant is installed, it must load the file and find every row."""
+def test_mlcroissant_reads_every_record_and_mask(source: Path, tmp_path: Path) -> None:
+    """Optional: when mlcroissant is installed, it must load the file and find every row and mask."""
     mlc = pytest.importorskip("mlcroissant")
-    out = _build(source, tmp_path / "out")
+    v7 = write_v7_darwin(tmp_path / "v7", source, seed=7)
+    out = tmp_path / "out"
+    specs = [SourceSpec(Source.IEEE8023, source), SourceSpec(Source.V7_DARWIN, v7.coco_json)]
+    build(specs, BuildOptions(out=out, progress=False))
     dataset = mlc.Dataset(jsonld=str(write_croissant(out)))
-    counted: dict[str, int] = {}
-    for record in dataset.records(record_set="ieee8023"):
-        split = record["ieee8023/split"]
-        split = split.decode() if isinstance(split, bytes) else split
-        counted[split] = counted.get(split, 0) + 1
-    expected = json.loads((out / "build_report.json").read_text())["configs"]["ieee8023"]
-    assert counted == {s: n for s, n in expected.items() if n}
+    expected = json.loads((out / "build_report.json").read_text())["configs"]
+    for config in ("ieee8023", "v7_darwin"):
+        splits: Counter[str] = Counter()
+        labels: Counter[str] = Counter()
+        for record in dataset.records(record_set=config):
+            splits[_text(record[f"{config}/split"])] += 1
+            labels.update(_text(m[f"{config}/masks/label"]) for m in record[f"{config}/masks"])
+        assert splits == {s: n for s, n in expected[config].items() if n}
+        stored = Counter(
+            m["label"]
+            for p in sorted((out / "data" / config).glob("*.parquet"))
+            for row in pq.read_table(p, columns=["masks"]).column("masks").to_pylist()
+            for m in row
+        )
+        assert labels == stored
+    assert labels["lung"] > 0
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
