@@ -130,6 +130,7 @@ class BenchmarkResult:
     negative: str
     excluded: str
     model: str
+    audit_model: str
     origin: str
     sources: tuple[str, ...]
     train_rows: tuple[str, ...]
@@ -157,6 +158,7 @@ class BenchmarkResult:
                 "excluded": self.excluded,
             },
             "model": self.model,
+            "audit_model": self.audit_model,
             "origin": self.origin,
             "sources": list(self.sources),
             "matrix": {
@@ -212,10 +214,13 @@ def benchmark_build(
     *,
     model: ModelFactory | None = None,
     model_name: str | None = None,
+    audit_model: ModelFactory | None = None,
 ) -> BenchmarkResult:
     """Run the benchmark on a built folder (the `all` config if present, else the per-source configs)."""
     loaded = load_build(folder)
-    return run_benchmark(loaded.splits, options, model=model, model_name=model_name, origin=loaded.origin)
+    return run_benchmark(
+        loaded.splits, options, model=model, model_name=model_name, audit_model=audit_model, origin=loaded.origin
+    )
 
 
 def run_benchmark(
@@ -224,21 +229,26 @@ def run_benchmark(
     *,
     model: ModelFactory | None = None,
     model_name: str | None = None,
+    audit_model: ModelFactory | None = None,
     origin: str = "in-memory datasets",
 ) -> BenchmarkResult:
-    """Run the benchmark on `train` and `test` Datasets (any `validation` is only tabulated)."""
+    """Run the benchmark on `train` and `test` Datasets (any `validation` is only tabulated).
+
+    `model` is scored in the matrix; the shortcut audit asks "what do the pixels reveal?" and so uses
+    the pixel baseline unless `audit_model` is given.
+    """
     options = options or BenchmarkOptions()
     task = parse_task(options.task)
     if "train" not in splits or "test" not in splits:
         raise HarmonizeError(f"the benchmark needs a train and a test split, got {sorted(splits)}")
+    baseline = PixelLogisticBaseline(size=options.size, lung_masked=options.lung_masked, seed=options.seed)
     if model is None:
-        baseline = PixelLogisticBaseline(size=options.size, lung_masked=options.lung_masked, seed=options.seed)
         model, model_name = baseline, baseline.describe()
     prepared = {name: _Split.of(_keep_masked(ds, options), task) for name, ds in splits.items()}
     train, test = prepared["train"], prepared["test"]
     sources = tuple(sorted({str(s) for part in prepared.values() for s in part.sources}))
     rows, columns, cells = _matrix(train, test, sources, model, options)
-    audit = tuple(_audit(attribute, train, test, model, options) for attribute in AUDIT_ATTRIBUTES)
+    audit = tuple(_audit(attribute, train, test, audit_model or baseline, options) for attribute in AUDIT_ATTRIBUTES)
     by_source = _label_by_source(list(prepared.values()), sources)
     by_view, by_age = _label_by_view(list(prepared.values())), _label_by_age(list(prepared.values()))
     return BenchmarkResult(
@@ -246,7 +256,8 @@ def run_benchmark(
         positive=task.positive,
         negative=task.negative,
         excluded=task.excluded + ("; records without a lung mask" if options.lung_masked else ""),
-        model=model_name or str(getattr(model, "__name__", type(model).__name__)),
+        model=model_name or _name(model),
+        audit_model=baseline.describe() if audit_model is None else _name(audit_model),
         origin=origin,
         sources=sources,
         train_rows=rows,
@@ -262,6 +273,10 @@ def run_benchmark(
         verdicts=tuple(label_verdicts(by_source, by_age, by_view) + audit_verdicts(audit)),
         options=options,
     )
+
+
+def _name(model: ModelFactory) -> str:
+    return str(getattr(model, "__name__", type(model).__name__))
 
 
 def _keep_masked(dataset: Dataset, options: BenchmarkOptions) -> Dataset:

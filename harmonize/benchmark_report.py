@@ -223,6 +223,7 @@ def render_markdown(result: BenchmarkResult) -> str:
         f"- **excluded** (counted below): {result.excluded}",
         f"- **data**: {result.origin}; sources: {', '.join(result.sources)}",
         f"- **model**: {result.model}",
+        f"- **shortcut audit model**: {result.audit_model}",
         f"- **intervals**: {result.options.confidence:.0%} percentile bootstrap over patients, "
         f"{result.options.n_bootstrap} resamples, seed {result.options.seed}",
         "",
