@@ -23,7 +23,7 @@ import hashlib
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -417,6 +417,9 @@ def _audit(attribute: str, train: _Split, test: _Split, model: ModelFactory, opt
         )
         if per_class[name].status == OK:
             columns[name] = (y_test, scores)
+        elif per_class[name].status == SINGLE_CLASS:
+            only = f"no {name} in test" if per_class[name].n_positive == 0 else f"only {name} in test"
+            per_class[name] = replace(per_class[name], note=only)
     return AuditResult(attribute, classes, _macro(columns, per_class, patients, options, attribute), per_class)
 
 
