@@ -17,6 +17,7 @@ import json
 import math
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,12 @@ def _json_files(root: Path, max_json_bytes: int, max_members: int) -> Iterator[J
         yield JsonFile(root.name, b"" if too_large else root.read_bytes(), root, too_large)
 
 
+# What reading a damaged, encrypted or exotic zip can raise.
+_ZIP_ERRORS = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError
+)
+
+
 def _zip_json_files(root: Path, max_json_bytes: int, max_members: int) -> list[JsonFile]:
     """The JSON members of a zip; a zip that cannot be read, or holds too many members, is refused."""
     files = []
@@ -171,7 +178,7 @@ def _zip_json_files(root: Path, max_json_bytes: int, max_members: int) -> list[J
                 too_large = _too_large(info.file_size, max_json_bytes)
                 data = b"" if too_large else archive.read(info)
                 files.append(JsonFile(info.filename, data, None, too_large))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError) as exc:
+    except _ZIP_ERRORS as exc:
         raise SourceFormatError(f"v7_darwin: {root.name} is not a readable zip archive ({exc})") from exc
     return files
 

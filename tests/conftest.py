@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,32 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reaches the network or the user's HF cache."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+
+
+class NetworkBlockedError(OSError):
+    """Raised by any attempt to open a network connection during a test."""
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sockets cannot connect: a test that needs the network fails instead of reaching it."""
+
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def guarded(original: Any) -> Any:
+        def connect_or_refuse(sock: socket.socket, address: Any) -> Any:
+            if sock.family == getattr(socket, "AF_UNIX", None):  # local IPC (e.g. worker processes)
+                return original(sock, address)
+            raise NetworkBlockedError(f"network access blocked in tests: {address!r}")
+
+        return connect_or_refuse
+
+    def refuse(address: Any, *args: object, **kwargs: object) -> Any:
+        raise NetworkBlockedError(f"network access blocked in tests: {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded(connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded(connect_ex))
+    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,127 @@
+"""Every case of the bad-input corpus (tests/badinputs.py) ends as its table says, and counts reconcile.
+
+A typed error is also checked through the CLI: a non-zero exit, exactly one stderr line starting
+`error:`, no traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from badinputs import BUILDERS, TABLE, CaseInput, Row, resolve_key
+from typer.testing import CliRunner
+
+from covid_cxr_unified.adapters import adapter_class
+from covid_cxr_unified.adapters.base import Adapter, AdapterReport
+from covid_cxr_unified.harmonize.cli import app
+from covid_cxr_unified.harmonize.errors import HarmonizeError
+from covid_cxr_unified.schema.record import Record
+
+runner = CliRunner()
+
+
+def _adapter(case: CaseInput) -> Adapter:
+    return adapter_class(case.source.value)(
+        case.path, images=case.images, related=case.related, metadata_only=case.metadata_only, **case.limits
+    )
+
+
+def _cli_args(case: CaseInput) -> list[str]:
+    args = ["inspect", case.source.value, str(case.path), "--json", "--no-progress"]
+    if case.images is not None:
+        args += ["--images", str(case.images)]
+    for path in case.related.values():
+        args += ["--ieee8023", str(path)]
+    return args
+
+
+def _notes_at(report: AdapterReport, dotted: str) -> Any:
+    value: Any = report.notes
+    head, _, rest = dotted.partition(".")
+    value = value[head]
+    for part in rest.split(".", 1) if rest else []:  # the last part may hold dots (a file name)
+        value = value[part] if part in value else value[rest.split(".", 1)[1]]
+    return value
+
+
+def test_the_table_is_complete_and_large_enough() -> None:
+    ids = [row.case_id for row in TABLE]
+    assert len(ids) == len(set(ids)), "duplicate case id"
+    assert set(ids) == set(BUILDERS), set(ids) ^ set(BUILDERS)
+    per_source = Counter(row.source.value for row in TABLE)
+    assert len(TABLE) >= 60 and all(per_source[s] >= 15 for s in ("ieee8023", "v7_darwin", "bimcv")), per_source
+
+
+@pytest.mark.parametrize("row", TABLE, ids=[row.case_id for row in TABLE])
+def test_bad_input(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    case = BUILDERS[row.case_id](tmp_path)
+    expected = row.expected
+    adapter = _adapter(case)
+    if expected.kind == "error":
+        with pytest.raises(HarmonizeError) as caught:
+            list(adapter.run())
+        error = caught.value
+        assert type(error).__name__ == expected.what, f"{type(error).__name__}: {error}"
+        message = str(error)
+        assert expected.fragment in message and "\n" not in message, message
+        _check_cli(case, type(error).exit_code, monkeypatch)
+        return
+    records = {r.record.record_id: r.record for r in adapter.run()}
+    report = adapter.report
+    assert report.reconciles(), report.summary()
+    key = resolve_key(row.case_id, expected.key, case)
+    if expected.kind == "quarantined":
+        notes = [(n.reason, n.detail) for n in report.quarantined_items if n.key == key]
+        assert any(reason == expected.what and expected.fragment in detail for reason, detail in notes), (
+            key,
+            notes,
+            report.summary(),
+        )
+    elif expected.kind == "excluded":
+        assert any(n.key == key and n.reason == expected.what for n in report.excluded_items), report.summary()
+    elif expected.kind == "record":
+        assert key in records, (key, sorted(records), report.details()["quarantined_items"])
+        record: Record = records[key]
+        said = [*record.provenance.flags, *record.provenance.repairs]
+        assert not expected.fragment or any(expected.fragment in s for s in said), said
+        assert "token=" not in record.model_dump_json()
+    elif expected.kind == "unmapped":
+        assert report.unmapped.get(expected.what, Counter())[expected.fragment] >= 1, report.unmapped
+    elif expected.kind == "note":
+        assert expected.fragment in str(_notes_at(report, expected.what)), report.notes
+    else:  # pragma: no cover - a typo in the table
+        pytest.fail(f"unknown expected kind {expected.kind!r}")
+
+
+def _check_cli(case: CaseInput, exit_code: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI has no flags for the limits: the case's limits become the adapter defaults it uses."""
+    defaults = Adapter.__init__.__kwdefaults__
+    assert defaults is not None
+    for name, value in case.limits.items():
+        monkeypatch.setitem(defaults, name, value)
+    result = runner.invoke(app, _cli_args(case))
+    assert result.exit_code == exit_code != 0, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception  # not a crash caught by the runner
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_typed_error_is_one_line_from_the_real_entry_point(tmp_path: Path) -> None:
+    """The installed CLI (a separate process) prints no traceback for a bad archive."""
+    case = BUILDERS["bimcv-tar-symlink"](tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "covid_cxr_unified.harmonize", *_cli_args(case)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr and "is a link" in done.stderr
