@@ -575,14 +575,22 @@ def _portable_verdicts(table: CountTable) -> list[str]:
 
 
 def audit_verdicts(audit: Sequence[AuditResult]) -> list[str]:
-    """A SHORTCUT line for each attribute the pixels predict with AUROC ≥ SHORTCUT_AUROC."""
+    """A SHORTCUT line for each attribute the pixels predict with AUROC ≥ SHORTCUT_AUROC and an interval
+    above chance; POSSIBLE SHORTCUT when the interval still reaches 0.5 (too few test records to say)."""
     lines = []
     for item in audit:
         score = item.score
-        if score.status == OK and score.auroc is not None and score.auroc >= SHORTCUT_AUROC:
-            what = AUDIT_NAMES[item.attribute]
+        if score.status != OK or score.auroc is None or score.auroc < SHORTCUT_AUROC:
+            continue
+        what = AUDIT_NAMES[item.attribute]
+        if score.ci_low is not None and score.ci_low > 0.5:
             lines.append(
                 f"SHORTCUT: the pixels predict {what} ({score.short()}); a label that varies with {what} "
                 "can be learned without disease"
+            )
+        else:
+            lines.append(
+                f"POSSIBLE SHORTCUT: the pixels predict {what} ({score.short()}), but the interval reaches "
+                "chance: too few test records to be sure"
             )
     return lines

@@ -23,11 +23,21 @@ from PIL import Image as PILImage
 from pycocotools import mask as coco_mask
 from typer.testing import CliRunner
 
-from covid_cxr_unified.harmonize.benchmark import OTHERS, POOLED, BenchmarkOptions, benchmark_build, run_benchmark
+from covid_cxr_unified.harmonize.benchmark import (
+    OTHERS,
+    POOLED,
+    AuditResult,
+    BenchmarkOptions,
+    CountTable,
+    audit_verdicts,
+    benchmark_build,
+    label_verdicts,
+    run_benchmark,
+)
 from covid_cxr_unified.harmonize.benchmark_baseline import lung_mask, model_pixels
 from covid_cxr_unified.harmonize.benchmark_data import load_build, parse_task
 from covid_cxr_unified.harmonize.benchmark_report import PLOTS, matrix_data, render_markdown, write_report
-from covid_cxr_unified.harmonize.benchmark_stats import auroc, cramers_v
+from covid_cxr_unified.harmonize.benchmark_stats import Score, auroc, cramers_v
 from covid_cxr_unified.harmonize.cli import app
 from covid_cxr_unified.harmonize.errors import HarmonizeError
 from covid_cxr_unified.harmonize.features import LABEL_STATE_NAMES, VIEW_NAMES
@@ -418,3 +428,27 @@ def test_cli_benchmark_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "data" / "ieee8023").mkdir(parents=True)
     bad_task = runner.invoke(app, ["benchmark", str(tmp_path), "--task", "finding:nope"])
     assert bad_task.exit_code != 0 and "unknown finding 'nope'" in bad_task.output
+
+
+def test_verdicts_on_hand_made_tables() -> None:
+    ages = ("pediatric (<18)", "adult (18-64)", "older (65+)", "unknown")
+    by_source = CountTable(("a", "b"), ("positive", "negative"), ((40, 10), (10, 40)))
+    pediatric = CountTable(ages, ("positive", "negative"), ((0, 30), (20, 0), (10, 0), (5, 5)))
+    portable = CountTable(("PA", "AP", "LATERAL"), ("positive", "negative"), ((2, 18), (18, 2), (5, 5)))
+    lines = label_verdicts(by_source, pediatric, portable)
+    assert lines[0] == "ASSOCIATED: label and source are strongly associated (Cramér's V = 0.60)"
+    assert any(v.startswith("CONFOUNDED: every negative with a known age (30) is pediatric (<18)") for v in lines)
+    assert any(v.startswith("ASSOCIATED: portable AP films are 90% of frontal positives vs 10%") for v in lines)
+    balanced = CountTable(ages, ("positive", "negative"), ((5, 5), (20, 20), (10, 10), (0, 0)))
+    mixed = CountTable(("a", "b"), ("positive", "negative"), ((20, 20), (20, 20)))
+    assert label_verdicts(mixed, balanced, portable)[0].startswith("OK: both classes come from several sources")
+
+
+def test_shortcut_needs_an_interval_above_chance() -> None:
+    sure = AuditResult("source", ("a", "b"), Score(40, 0, 0, auroc=0.95, ci_low=0.85, ci_high=1.0))
+    unsure = AuditResult("view", ("AP", "PA"), Score(6, 0, 0, auroc=0.9, ci_low=0.4, ci_high=1.0))
+    chance = AuditResult("age_group", ("x", "y"), Score(40, 0, 0, auroc=0.55, ci_low=0.4, ci_high=0.7))
+    lines = audit_verdicts([sure, unsure, chance])
+    assert len(lines) == 2
+    assert lines[0].startswith("SHORTCUT: the pixels predict the source (0.95 [0.85, 1.00] n=40)")
+    assert lines[1].startswith("POSSIBLE SHORTCUT: the pixels predict the view")
