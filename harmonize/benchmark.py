@@ -81,6 +81,7 @@ class BenchmarkOptions:
     min_per_class_test: int = 2  # fewer in a test cell: counts only, no AUROC
     lung_masked: bool = False  # keep only records with lung masks; the baseline zeroes pixels outside them
     size: int = 32  # baseline input: size x size pixels
+    max_per_source: int | None = None  # read at most this many records per source and split (large builds)
 
     def __post_init__(self) -> None:
         if self.size < 4 or self.n_bootstrap < 0 or not 0 < self.confidence < 1:
@@ -88,6 +89,8 @@ class BenchmarkOptions:
                 f"benchmark options out of range: size {self.size} (≥ 4), bootstrap {self.n_bootstrap} (≥ 0), "
                 f"confidence {self.confidence} (between 0 and 1)"
             )
+        if self.max_per_source is not None and self.max_per_source < 1:
+            raise HarmonizeError(f"max records per source must be at least 1, got {self.max_per_source}")
         if min(self.min_per_class_train, self.min_per_class_test) < 1:
             raise HarmonizeError("minimum records per class must be at least 1")
         parse_task(self.task)  # fail before reading any data
@@ -217,9 +220,13 @@ def benchmark_build(
     audit_model: ModelFactory | None = None,
 ) -> BenchmarkResult:
     """Run the benchmark on a built folder (the `all` config if present, else the per-source configs)."""
-    loaded = load_build(folder)
+    options = options or BenchmarkOptions()
+    loaded = load_build(folder, options.max_per_source)
+    origin = loaded.origin
+    if options.max_per_source is not None:
+        origin += f"; at most {options.max_per_source} records per source and split (by hashed patient id)"
     return run_benchmark(
-        loaded.splits, options, model=model, model_name=model_name, audit_model=audit_model, origin=loaded.origin
+        loaded.splits, options, model=model, model_name=model_name, audit_model=audit_model, origin=origin
     )
 
 

@@ -14,6 +14,7 @@ Which records a benchmark uses comes from the per-record `source` column, never 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,11 +123,14 @@ def view_names(dataset: Dataset) -> list[str]:
     return [VIEW_NAMES[v] if isinstance(v, int) else str(v) for v in dataset["view"]]
 
 
-def load_build(folder: Path) -> LoadedBuild:
+def load_build(folder: Path, max_per_source: int | None = None) -> LoadedBuild:
     """The build at `folder` as train/validation/test Datasets (Parquet read directly, no cache copy).
 
     Which shards make up a config comes from the card's YAML `configs` (the `all` config may list
-    shards of per-source folders); without a card, from the folders under `data/`.
+    shards of per-source folders); without a card, from the folders under `data/`. With
+    `max_per_source`, each source keeps at most that many records per split, whole patients first in
+    the order of a keyed hash of their id (deterministic), and the shards are streamed so that the
+    image bytes of the other records are never held in memory.
     """
     if not (folder / "data").is_dir():
         raise SourceNotFoundError(f"{folder} is not a covid-cxr build: it has no data/ folder")
@@ -134,13 +138,14 @@ def load_build(folder: Path) -> LoadedBuild:
     if not configs:
         raise SourceNotFoundError(f"{folder / 'data'} holds no Parquet shards")
     if ALL_CONFIG in configs:
-        tables = {split: _read_split(folder, configs[ALL_CONFIG].get(split, [])) for split in SPLITS}
+        tables = {split: _read_split(folder, configs[ALL_CONFIG].get(split, []), max_per_source) for split in SPLITS}
         present = {s for t in tables.values() if t is not None for s in t.column("source").to_pylist()}
         others = {c: files for c, files in configs.items() if c != ALL_CONFIG}
         origin = "config `all`" + _missing_from_all(folder, others, present)
         return LoadedBuild(_datasets({s: [t] for s, t in tables.items() if t is not None}), origin)
     per_config = {
-        c: {split: _read_split(folder, files.get(split, [])) for split in SPLITS} for c, files in configs.items()
+        c: {split: _read_split(folder, files.get(split, []), max_per_source) for split in SPLITS}
+        for c, files in configs.items()
     }
     merged = _fold_v7_into_ieee8023(per_config)
     gathered = {split: [t[split] for t in per_config.values() if t[split] is not None] for split in SPLITS}
@@ -193,14 +198,50 @@ def _missing_from_all(folder: Path, configs: dict[str, dict[str, list[str]]], pr
     return f" (its sources do not include the configs {', '.join(missing)}: not benchmarked)" if missing else ""
 
 
-def _read_split(folder: Path, patterns: list[str]) -> pa.Table | None:
+def _read_split(folder: Path, patterns: list[str], max_per_source: int | None = None) -> pa.Table | None:
     shards = _shards(folder, patterns)
     if not shards:
         return None
     try:
-        return pa.concat_tables([pq.read_table(shard) for shard in shards], promote_options="permissive")
+        if max_per_source is None:
+            tables = [pq.read_table(shard) for shard in shards]
+        else:
+            keep = _sample(shards, max_per_source)
+            tables = [_stream_rows(shard, rows) for shard, rows in zip(shards, keep, strict=True)]
+        return pa.concat_tables(tables, promote_options="permissive")
     except (OSError, pa.ArrowException) as exc:
         raise SourceFormatError(f"cannot read the Parquet shards {patterns} of {folder}: {exc}") from exc
+
+
+def _sample(shards: list[Path], max_per_source: int) -> list[set[int]]:
+    """Per shard, the row numbers kept: per source, the first `max_per_source` by hashed patient id."""
+    candidates: dict[str, list[tuple[str, str, int, int]]] = {}
+    for number, shard in enumerate(shards):
+        table = pq.read_table(shard, columns=["source", "patient_id", "record_id"])
+        for row, (source, patient, record) in enumerate(
+            zip(*(table.column(c).to_pylist() for c in ("source", "patient_id", "record_id")), strict=True)
+        ):
+            order = hashlib.sha256(f"benchmark-sample\x00{patient}".encode()).hexdigest()
+            candidates.setdefault(str(source), []).append((order, str(record), number, row))
+    keep: list[set[int]] = [set() for _ in shards]
+    for rows in candidates.values():
+        for _, _, number, row in sorted(rows)[:max_per_source]:
+            keep[number].add(row)
+    return keep
+
+
+def _stream_rows(shard: Path, rows: set[int]) -> pa.Table:
+    """The given rows of a shard, read batch by batch."""
+    parquet = pq.ParquetFile(shard)
+    kept, offset = [], 0
+    for batch in parquet.iter_batches(batch_size=256):
+        mask = [offset + i in rows for i in range(batch.num_rows)]
+        offset += batch.num_rows
+        if any(mask):
+            kept.append(batch.filter(pa.array(mask, pa.bool_())))
+    if not kept:
+        return parquet.schema_arrow.empty_table()
+    return pa.Table.from_batches(kept, schema=parquet.schema_arrow)
 
 
 def _fold_v7_into_ieee8023(per_config: dict[str, dict[str, pa.Table | None]]) -> int:

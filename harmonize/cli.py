@@ -255,6 +255,9 @@ def benchmark(
     size: Annotated[int, typer.Option("--size", help="the baseline sees size x size pixels")] = 32,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="bootstrap resamples of the intervals")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap and the model")] = 0,
+    max_per_source: Annotated[
+        int | None, typer.Option("--max-per-source", help="read at most N records per source and split")
+    ] = None,
 ) -> None:
     """Train a small baseline per source, score it on every source's test split, and audit shortcuts.
 
@@ -265,7 +268,14 @@ def benchmark(
 
     report = out or Path(f"benchmark-{task.replace(':', '-')}")
     try:
-        options = BenchmarkOptions(task=task, seed=seed, n_bootstrap=bootstrap, lung_masked=lung_masked, size=size)
+        options = BenchmarkOptions(
+            task=task,
+            seed=seed,
+            n_bootstrap=bootstrap,
+            lung_masked=lung_masked,
+            size=size,
+            max_per_source=max_per_source,
+        )
         result = benchmark_build(folder, options)
         write_report(result, report)
     except HarmonizeError as exc:

@@ -452,3 +452,24 @@ def test_shortcut_needs_an_interval_above_chance() -> None:
     assert len(lines) == 2
     assert lines[0].startswith("SHORTCUT: the pixels predict the source (0.95 [0.85, 1.00] n=40)")
     assert lines[1].startswith("POSSIBLE SHORTCUT: the pixels predict the view")
+
+
+def test_max_per_source_streams_a_deterministic_patient_sample(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    rows = [_row("ieee8023", i, ("positive", "negative")[(i // 2) % 2], rng, marker=False) for i in range(40)]
+    bimcv = [_row("bimcv", i, "positive", rng, marker=False) for i in range(6)]
+    _write_config(tmp_path, "ieee8023", {"train": rows[:30], "test": rows[30:]})
+    _write_config(tmp_path, "bimcv", {"train": bimcv})
+    first, again = load_build(tmp_path, max_per_source=8), load_build(tmp_path, max_per_source=8)
+    train = first.splits["train"]
+    assert sorted(train["source"]) == ["bimcv"] * 6 + ["ieee8023"] * 8
+    assert train["record_id"] == again.splits["train"]["record_id"]
+    kept = [r for r in train if r["source"] == "ieee8023"]
+    patients = {r["patient_id"] for r in kept}
+    assert len(patients) == 4  # two images per patient: whole patients come first
+    assert all(isinstance(r["image"], PILImage.Image) for r in kept)
+    assert len(first.splits["test"]) == 8
+    result = benchmark_build(tmp_path, BenchmarkOptions(**FAST, max_per_source=8))
+    assert "at most 8 records per source and split" in result.origin
+    with pytest.raises(HarmonizeError):
+        BenchmarkOptions(max_per_source=0)
