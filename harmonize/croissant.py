@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 from datasets import ClassLabel, Features, Image, Json, List, Value
 
 from covid_cxr_unified.adapters import adapter_class
+from covid_cxr_unified.harmonize.data_files import DataFiles, build_data_files
 from covid_cxr_unified.harmonize.errors import HarmonizeError
 from covid_cxr_unified.harmonize.splits import SPLITS
 
@@ -124,18 +124,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def build_shards(build_dir: Path) -> dict[str, dict[str, list[Path]]]:
-    """`{config: {split: [shard, ...]}}` of the build, configs and shards in name order."""
-    shards: dict[str, dict[str, list[Path]]] = {}
-    data = build_dir / "data"
-    for folder in sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []:
-        per_split = {s: sorted(folder.glob(f"{s}-*.parquet")) for s in SPLITS}
-        per_split = {s: paths for s, paths in per_split.items() if paths}
-        if per_split:
-            shards[folder.name] = per_split
-    return shards
-
-
 def _field_type(feature: Any) -> str | None:
     if isinstance(feature, Image):
         return "sc:ImageObject"
@@ -211,11 +199,9 @@ def _list_field(config: str, fileset: str, name: str, feature: List) -> dict[str
 
 def _sources_in(shards: dict[str, dict[str, list[Path]]]) -> list[str]:
     found: set[str] = set()
-    for per_split in shards.values():
-        for paths in per_split.values():
-            for path in paths:
-                column = pq.read_table(path, columns=["source"]).column("source")
-                found.update(str(v) for v in pc.unique(column).to_pylist() if v is not None)
+    for path in {path for per_split in shards.values() for paths in per_split.values() for path in paths}:
+        column = pq.read_table(path, columns=["source"]).column("source")
+        found.update(str(v) for v in pc.unique(column).to_pylist() if v is not None)
     return sorted(found)
 
 
@@ -236,14 +222,18 @@ def croissant_jsonld(
     description: str = DEFAULT_DESCRIPTION,
     url: str | None = None,
     version: str = "1.0.0",
+    data_files: DataFiles | None = None,
 ) -> dict[str, Any]:
     """The Croissant 1.0 JSON-LD document of the build folder `build_dir`, as a dict.
 
     `url` is where the dataset is published (e.g. its Hub page); file `contentUrl`s are relative
     to the folder. The build fingerprint (from `build_report.json`, when present) is the
-    `identifier`.
+    `identifier`. `data_files` is config -> split -> shard globs relative to `build_dir`
+    (`{c.name: c.shards for c in result.configs}`); without it they are read from the card's
+    YAML, or else taken from `data/<config>/`. A shard listed by two configs (the `all` config
+    reusing another config's shards) is one `cr:FileObject`, included by both configs' file sets.
     """
-    shards = build_shards(build_dir)
+    shards = build_data_files(build_dir, data_files)
     sources = _sources_in(shards)
     document: dict[str, Any] = {
         "@context": CONTEXT,
@@ -267,18 +257,20 @@ def croissant_jsonld(
     split_names = [s for s in SPLITS if any(s in per_split for per_split in shards.values())]
     if split_names:
         record_sets.append(_splits_record_set(split_names))
+    unique = sorted({path for per_split in shards.values() for paths in per_split.values() for path in paths})
+    distribution.extend(_file_object(build_dir, path) for path in unique)
     for config, per_split in shards.items():
-        for paths in per_split.values():
-            distribution.extend(_file_object(build_dir, path) for path in paths)
+        if not per_split:
+            continue
         fileset = f"parquet-files-for-config-{config}"
         distribution.append(
             {
                 "@type": "cr:FileSet",
                 "@id": fileset,
                 "name": fileset,
-                "description": f"The Parquet shards of the {config} config.",
+                "description": f"The Parquet shards of the {config} config (the split is in each file name).",
                 "encodingFormat": PARQUET_MIME,
-                "includes": f"data/{config}/*.parquet",
+                "includes": [p.relative_to(build_dir).as_posix() for paths in per_split.values() for p in paths],
             }
         )
         first = next(iter(per_split.values()))[0]
@@ -342,7 +334,7 @@ def _config_record_set(config: str, fileset: str, features: Features) -> dict[st
             "source": {
                 "fileSet": {"@id": fileset},
                 "extract": {"fileProperty": "fullpath"},
-                "transform": {"regex": _split_regex(config)},
+                "transform": {"regex": _split_regex()},
             },
             "references": {"field": {"@id": "splits/name"}},
         }
@@ -371,14 +363,15 @@ def _config_record_set(config: str, fileset: str, features: Features) -> dict[st
     return record_set
 
 
-def _split_regex(config: str) -> str:
-    """The split of a shard path, e.g. `.../data/all/train-00000-of-00001.parquet` -> `train`.
+def _split_regex() -> str:
+    """The split of a shard path, e.g. `.../data/bimcv/train-00000-of-00001.parquet` -> `train`.
 
-    The path part is optional because mlcroissant (1.1) applies a field's transforms a second time
-    to the already extracted value; the pattern then matches the bare split name too.
+    Any folder: a config may include another config's shards. The path part is optional because
+    mlcroissant (1.1) applies a field's transforms a second time to the already extracted value;
+    the pattern then matches the bare split name too.
     """
     names = "|".join(SPLITS)
-    return f"^(?:.*/)?(?:data/{re.escape(config)}/)?({names})(?:-\\d+-of-\\d+\\.parquet)?$"
+    return f"^(?:.*/)?({names})(?:-\\d+-of-\\d+\\.parquet)?$"
 
 
 def croissant_text(document: dict[str, Any]) -> str:

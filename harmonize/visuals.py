@@ -33,6 +33,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as coco_mask
 
+from covid_cxr_unified.harmonize.data_files import build_data_files, resolve_split_files
 from covid_cxr_unified.harmonize.display import display_array
 from covid_cxr_unified.harmonize.splits import SPLITS
 from covid_cxr_unified.schema.vocab import LabelState, MaskLabel, View
@@ -101,29 +102,36 @@ class CardFigure:
 # --- reading a build ------------------------------------------------------------------------------
 
 
-def config_shards(build_dir: Path, config: str) -> dict[str, list[Path]]:
-    """The Parquet shards of `config`, per split (only splits that have shards), in name order."""
-    folder = build_dir / "data" / config
-    shards: dict[str, list[Path]] = {}
-    for split in SPLITS:
-        paths = sorted(folder.glob(f"{split}-*.parquet"))
-        if paths:
-            shards[split] = paths
-    return shards
+def config_shards(
+    build_dir: Path, config: str, shards: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, list[Path]]:
+    """The Parquet shards of `config`, per split (only splits that have shards).
+
+    `shards` is split -> globs relative to `build_dir` (the build's `ConfigResult.shards`); without
+    it they come from the card's YAML, or else from `data/<config>/`.
+    """
+    if shards is not None:
+        return resolve_split_files(build_dir, shards)
+    return build_data_files(build_dir).get(config, {})
 
 
 def read_config(
-    build_dir: Path, config: str, columns: Sequence[str], *, record_ids: Iterable[str] | None = None
+    build_dir: Path,
+    config: str,
+    columns: Sequence[str],
+    *,
+    record_ids: Iterable[str] | None = None,
+    shards: Mapping[str, Sequence[str]] | None = None,
 ) -> pa.Table:
     """The `columns` of every row of `config` plus a `split` column, in split then shard order.
 
     With `record_ids`, only those rows are returned, and only the row groups holding one of them
     are read beyond their `record_id` column (so a dozen images cost a dozen row groups, not the
-    whole image column).
+    whole image column). `shards` as in `config_shards`.
     """
     tables = []
     wanted = None if record_ids is None else pa.array(sorted(set(record_ids)), pa.string())
-    for split, paths in config_shards(build_dir, config).items():
+    for split, paths in config_shards(build_dir, config, shards).items():
         for path in paths:
             for table in _read_shard(path, columns, wanted):
                 tables.append(table.append_column("split", pa.array([split] * table.num_rows, pa.string())))
@@ -301,9 +309,17 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, *, middle: bool = False) -> str:
+    """`text` shortened with an ellipsis to fit `width` px: at the end, or in the middle (for ids,
+    whose start names the source and whose end tells images apart)."""
     if draw.textlength(text, font=font) <= width:
         return text
+    if middle:
+        head, tail = text[: len(text) // 3], text[len(text) // 3 :]
+        while tail and draw.textlength(f"{head}…{tail}", font=font) > width:
+            tail = tail[1:]
+        if tail:
+            return f"{head}…{tail}"
     while text and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
@@ -385,7 +401,12 @@ def _write_sheet(
         if masks:
             line += f" · {len(masks)} mask{'s' * (len(masks) != 1)}"
         draw.text((left + 13, dot), _fit(draw, line, small, tile - 14), fill=_TEXT, font=small)
-        draw.text((left + 1, dot + 16), _fit(draw, str(row["record_id"]), small, tile - 2), fill=_MUTED, font=small)
+        draw.text(
+            (left + 1, dot + 16),
+            _fit(draw, str(row["record_id"]), small, tile - 2, middle=True),
+            fill=_MUTED,
+            font=small,
+        )
     if not picked:
         draw.text((pad + 2, header + tile // 2), "no images in this config", fill=_MUTED, font=small)
     return _save_pil(sheet, path)
@@ -586,17 +607,25 @@ def _split_rank(split: str) -> int:
 
 
 def render_card_figures(
-    build_dir: Path, config: str, out_dir: Path | None = None, *, samples: int = 12
+    build_dir: Path,
+    config: str,
+    out_dir: Path | None = None,
+    *,
+    shards: Mapping[str, Sequence[str]] | None = None,
+    samples: int = 12,
 ) -> list[CardFigure]:
     """Write the card figures of `config` from its shards in `build_dir` and return them in card order.
 
     Files: `<out_dir>/<config>_contact_sheet.png`, `_views.png`, `_ages.png`, `_labels_by_source.png`;
     `out_dir` defaults to `build_dir/images` and must lie inside `build_dir` (the card links to it).
-    Reads only the small plot columns of every row, and the image column of the `samples` chosen rows.
+    `shards` is split -> shard globs relative to `build_dir` (pass `ConfigResult.shards` during a
+    build, before the card exists; without it they are read from the card's YAML, or else taken
+    from `data/<config>/`). Reads only the small plot columns of every row, and the image column
+    of the row groups holding the `samples` chosen rows.
     """
     out = build_dir / "images" if out_dir is None else out_dir
-    plot_rows = read_config(build_dir, config, PLOT_COLUMNS)
-    keys = read_config(build_dir, config, ("record_id", "source", "masks"))
+    plot_rows = read_config(build_dir, config, PLOT_COLUMNS, shards=shards)
+    keys = read_config(build_dir, config, ("record_id", "source", "masks"), shards=shards)
     candidates = []
     if keys.num_rows:
         has_masks = pc.greater(pc.fill_null(pc.list_value_length(keys.column("masks")), 0), 0)
@@ -610,7 +639,7 @@ def render_card_figures(
             )
         ]
     chosen = choose_sample(candidates, samples)
-    picked = _rows(read_config(build_dir, config, SHEET_COLUMNS, record_ids=chosen), SHEET_COLUMNS)
+    picked = _rows(read_config(build_dir, config, SHEET_COLUMNS, record_ids=chosen, shards=shards), SHEET_COLUMNS)
     by_id = {r["record_id"]: r for r in picked if r["image"] is not None}
     ordered = [by_id[rid] for rid in chosen if rid in by_id]
     figures = [

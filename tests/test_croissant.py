@@ -21,6 +21,7 @@ from covid_cxr_unified.harmonize.croissant import (
     croissant_text,
     write_croissant,
 )
+from covid_cxr_unified.harmonize.data_files import build_data_files, card_data_files
 from covid_cxr_unified.harmonize.splits import SPLITS
 from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
 from covid_cxr_unified.harmonize.synthetic.v7_darwin import write_v7_darwin
@@ -66,17 +67,38 @@ def test_document_describes_the_build(source: Path, tmp_path: Path) -> None:
         assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert entry["contentSize"] == f"{path.stat().st_size} B"
         assert entry["encodingFormat"] == "application/x-parquet"
-    (fileset,) = _by_type(document, "cr:FileSet")
-    assert fileset["encodingFormat"] == "application/x-parquet"
-    included = [p for p in shards if fnmatch.fnmatch(p.relative_to(out).as_posix(), fileset["includes"])]
-    assert included == shards
+    card = card_data_files(out)
+    assert card is not None and set(card) == set(report["configs"])
+    filesets = {f["@id"]: f for f in _by_type(document, "cr:FileSet")}
+    assert set(filesets) == {f"parquet-files-for-config-{config}" for config in card}
+    for config, per_split in card.items():
+        fileset = filesets[f"parquet-files-for-config-{config}"]
+        assert fileset["encodingFormat"] == "application/x-parquet"
+        listed = [p.relative_to(out).as_posix() for p in shards]
+        expected = [
+            path for split in SPLITS for pattern in per_split.get(split, []) for path in fnmatch.filter(listed, pattern)
+        ]
+        assert fileset["includes"] == expected and expected
+        assert set(expected) <= {f["contentUrl"] for f in files}
+
+
+def test_a_config_may_include_another_configs_shards(source: Path, tmp_path: Path) -> None:
+    out = _build(source, tmp_path / "out")
+    shared = {split: [f"data/ieee8023/{split}-*.parquet"] for split in SPLITS}
+    document = croissant_jsonld(out, data_files={"ieee8023": shared, "everything": shared})
+    files = _by_type(document, "cr:FileObject")
+    assert len(files) == len({f["@id"] for f in files}) == len(_shards(out))  # each shard once
+    filesets = {f["@id"]: f["includes"] for f in _by_type(document, "cr:FileSet")}
+    assert filesets["parquet-files-for-config-everything"] == filesets["parquet-files-for-config-ieee8023"]
+    assert [r["@id"] for r in document["recordSet"]] == ["splits", "ieee8023", "everything"]
 
 
 def test_record_sets_name_real_columns_and_resolve(source: Path, tmp_path: Path) -> None:
     out = _build(source, tmp_path / "out")
     document = croissant_jsonld(out)
     ids = [d["@id"] for d in document["distribution"]]
-    splits_set, config_set = document["recordSet"]
+    splits_set, *config_sets = document["recordSet"]
+    (config_set,) = [r for r in config_sets if r["@id"] == "ieee8023"]
     assert splits_set["dataType"] == "cr:Split"
     assert [row["splits/name"] for row in splits_set["data"]] == [
         s for s in SPLITS if any(p.name.startswith(f"{s}-") for p in _shards(out))
@@ -150,7 +172,10 @@ def test_mlcroissant_reads_every_record_and_mask(source: Path, tmp_path: Path) -
     build(specs, BuildOptions(out=out, progress=False))
     dataset = mlc.Dataset(jsonld=str(write_croissant(out)))
     expected = json.loads((out / "build_report.json").read_text())["configs"]
-    for config in ("ieee8023", "v7_darwin"):
+    card = card_data_files(out)
+    assert card is not None and {"ieee8023", "v7_darwin", "all"} <= set(card)
+    masks_seen: Counter[str] = Counter()
+    for config in card:
         splits: Counter[str] = Counter()
         labels: Counter[str] = Counter()
         for record in dataset.records(record_set=config):
@@ -159,12 +184,13 @@ def test_mlcroissant_reads_every_record_and_mask(source: Path, tmp_path: Path) -
         assert splits == {s: n for s, n in expected[config].items() if n}
         stored = Counter(
             m["label"]
-            for p in sorted((out / "data" / config).glob("*.parquet"))
+            for p in {p for paths in build_data_files(out)[config].values() for p in paths}
             for row in pq.read_table(p, columns=["masks"]).column("masks").to_pylist()
             for m in row
         )
         assert labels == stored
-    assert labels["lung"] > 0
+        masks_seen.update(labels)
+    assert masks_seen["lung"] > 0
 
 
 def _text(value: str | bytes) -> str:

@@ -16,6 +16,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
+from covid_cxr_unified.harmonize.splits import SPLITS
 from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
 from covid_cxr_unified.harmonize.visuals import (
     MASK_ALPHA,
@@ -278,3 +279,17 @@ def test_read_config_reads_splits_and_only_the_asked_rows(tmp_path: Path) -> Non
     some = read_config(out, "ieee8023", ("record_id", "image"), record_ids=ids)
     assert sorted(some.column("record_id").to_pylist()) == sorted(ids)
     assert all(cell["bytes"] for cell in some.column("image").to_pylist())
+
+
+def test_configs_are_read_from_the_shards_the_card_lists(tmp_path: Path) -> None:
+    out = _build(write_ieee8023(tmp_path / "src", seed=3, patients=30).root, tmp_path / "out")
+    report = json.loads((out / "build_report.json").read_text())["configs"]
+    assert not (out / "data" / "all").exists()  # `all` reuses the ieee8023 shards
+    assert read_config(out, "all", ("record_id",)).num_rows == sum(report["all"].values()) > 0
+    assert render_card_figures(out, "all")[0].path.name == "all_contact_sheet.png"
+    mine = {split: [f"data/ieee8023/{split}-*.parquet"] for split in SPLITS}
+    table = read_config(out, "mine", ("record_id",), shards=mine)
+    assert table.num_rows == sum(report["ieee8023"].values())
+    (out / "README.md").unlink()  # without a card: the config folders
+    assert read_config(out, "ieee8023", ("record_id",)).num_rows == table.num_rows
+    assert read_config(out, "all", ("record_id",)).num_rows == 0
