@@ -377,7 +377,7 @@ def _cell_score(
     )
 
 
-def attribute_values(split: _Split, attribute: str) -> list[str | None]:
+def _attribute_values(split: _Split, attribute: str) -> list[str | None]:
     """Per record: the audited attribute's class, or None when unknown."""
     if attribute == "source":
         return [str(s) for s in split.sources]
@@ -392,8 +392,8 @@ def attribute_values(split: _Split, attribute: str) -> list[str | None]:
 
 
 def _audit(attribute: str, train: _Split, test: _Split, model: ModelFactory, options: BenchmarkOptions) -> AuditResult:
-    train_values = np.asarray(attribute_values(train, attribute), dtype=object)
-    test_values = np.asarray(attribute_values(test, attribute), dtype=object)
+    train_values = np.asarray(_attribute_values(train, attribute), dtype=object)
+    test_values = np.asarray(_attribute_values(test, attribute), dtype=object)
     train_idx, test_idx = np.flatnonzero(train_values != None), np.flatnonzero(test_values != None)  # noqa: E711
     classes = tuple(sorted({str(v) for v in train_values[train_idx]} | {str(v) for v in test_values[test_idx]}))
     if len(classes) < 2:

@@ -473,3 +473,25 @@ def test_max_per_source_streams_a_deterministic_patient_sample(tmp_path: Path) -
     assert "at most 8 records per source and split" in result.origin
     with pytest.raises(HarmonizeError):
         BenchmarkOptions(max_per_source=0)
+
+
+@pytest.mark.realdata
+def test_real_ieee8023_images_with_v7_lung_masks(shared_data: Path, tmp_path: Path) -> None:
+    """Real JPEG/PNG images of every mode, real V7 lung masks folded into the all config."""
+    runner = CliRunner()
+    build = tmp_path / "real"
+    args = ["build", "--ieee8023", str(shared_data / "ieee8023" / "metadata.csv")]
+    args += ["--images", str(shared_data / "ieee8023" / "images-sample")]
+    args += ["--v7", str(shared_data / "v7" / "covid-only-coco.zip"), "--out", str(build)]
+    built = runner.invoke(app, [*args, "--split-ratios", "0.5,0,0.5", "--no-progress"])
+    assert built.exit_code == 0, built.output
+    masked = benchmark_build(build, BenchmarkOptions(task="survival", lung_masked=True, n_bootstrap=100))
+    unmasked = benchmark_build(build, BenchmarkOptions(task="survival", n_bootstrap=100))
+    n_masked = sum(sum(row) for row in masked.label_by_source.counts)
+    n_all = sum(sum(row) for row in unmasked.label_by_source.counts)
+    assert 20 <= n_masked < n_all  # the sample's V7-annotated images only
+    for result in (masked, unmasked):
+        cell = result.cell("ieee8023", "ieee8023")
+        assert cell.n > 0 and (cell.status != "ok" or 0.0 <= (cell.auroc or 0.0) <= 1.0)
+        view = next(a for a in result.audit if a.attribute == "view")
+        assert view.score.n > 0
