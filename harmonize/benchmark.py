@@ -32,7 +32,7 @@ import pyarrow as pa
 from datasets import Dataset, DatasetInfo, Features, Value
 from datasets.table import InMemoryTable
 
-from covid_cxr_unified.harmonize.benchmark_baseline import ModelFactory, PixelLogisticBaseline, lung_mask
+from covid_cxr_unified.harmonize.benchmark_baseline import ModelFactory, PixelLogisticBaseline, Predictor, lung_mask
 from covid_cxr_unified.harmonize.benchmark_data import (
     AGE_GROUPS,
     NEGATIVE,
@@ -305,7 +305,7 @@ def _with_labels(split: _Split, indices: np.ndarray, labels: np.ndarray) -> Data
         table = table.drop_columns(["label"])
     table = table.append_column("label", pa.array(labels.astype(np.int64)))
     features = Features({**{k: v for k, v in split.dataset.features.items() if k != "label"}, "label": Value("int64")})
-    fingerprint = hashlib.sha256(repr((split.dataset._fingerprint, indices.tolist(), labels.tolist())).encode())
+    fingerprint = hashlib.sha256(repr((table.column("record_id").to_pylist(), labels.tolist())).encode())
     return Dataset(
         InMemoryTable(table.replace_schema_metadata(None)),
         info=DatasetInfo(features=features),
@@ -330,7 +330,7 @@ def _matrix(
                 predictions[fit_on] = f"not trained: train has {n_pos} pos / {n_neg} neg"
             else:
                 predictor = model(_with_labels(train, train_idx[chosen], y_train[chosen]))
-                predictions[fit_on] = np.asarray(predictor(test_data), dtype=np.float64)
+                predictions[fit_on] = _scores(predictor, test_data)
         return predictions[fit_on]
 
     columns = (*sources, POOLED)
@@ -349,6 +349,14 @@ def _matrix(
             score = _cell_score(predicted(fit_on), y_test, in_cell, patients, options, rng)
             cells.append(Cell(row, column, score))
     return rows, columns, tuple(cells)
+
+
+def _scores(predictor: Predictor, data: Dataset) -> np.ndarray:
+    """The predictor's scores, checked: one finite number per row."""
+    scores = np.asarray(predictor(data), dtype=np.float64).reshape(-1)
+    if len(scores) != len(data) or not np.isfinite(scores).all():
+        raise HarmonizeError(f"the model must return one finite score per row: got {len(scores)} for {len(data)} rows")
+    return scores
 
 
 def _cell_score(
@@ -412,7 +420,7 @@ def _audit(attribute: str, train: _Split, test: _Split, model: ModelFactory, opt
             note = f"not trained: train has {int(y_train.sum())} {name} / {int((1 - y_train).sum())} other"
             per_class[name] = Score(len(y_test), n_pos, len(y_test) - n_pos, status=NOT_TRAINED, note=note)
             continue
-        scores = np.asarray(model(_with_labels(train, train_idx, y_train))(test_data), dtype=np.float64)
+        scores = _scores(model(_with_labels(train, train_idx, y_train)), test_data)
         per_class[name] = score_binary(
             y_test,
             scores,

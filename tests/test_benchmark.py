@@ -234,6 +234,15 @@ def test_user_model_gets_labeled_training_data_and_its_scores_are_used(two_sourc
     assert source.score.auroc is not None and source.score.auroc >= 0.95
 
 
+def test_a_model_returning_bad_scores_is_refused(two_sources: dict[str, Dataset]) -> None:
+    with pytest.raises(HarmonizeError, match="one finite score per row"):
+        run_benchmark(two_sources, BenchmarkOptions(**FAST), model=lambda train: lambda test: np.zeros(3))
+    with pytest.raises(HarmonizeError, match="one finite score per row"):
+        run_benchmark(
+            two_sources, BenchmarkOptions(**FAST), model=lambda train: lambda test: np.full(len(test), np.nan)
+        )
+
+
 def test_results_are_deterministic(two_sources: dict[str, Dataset], two_sources_result: Any) -> None:
     again = run_benchmark(two_sources, BenchmarkOptions(**FAST))
     assert again.to_dict() == two_sources_result.to_dict()
