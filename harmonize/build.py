@@ -26,7 +26,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from covid_cxr_unified.adapters import adapter_class
-from covid_cxr_unified.adapters.base import DEFAULT_MAX_IMAGE_PIXELS, Adapter, AdapterReport
+from covid_cxr_unified.adapters.base import Adapter, AdapterReport
+from covid_cxr_unified.adapters.limits import (
+    DEFAULT_MAX_ARCHIVE_MEMBERS,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_JSON_BYTES,
+)
 from covid_cxr_unified.harmonize import __version__
 from covid_cxr_unified.harmonize.card import render_attribution, render_card, render_license_file
 from covid_cxr_unified.harmonize.errors import BuildError
@@ -64,6 +69,8 @@ class BuildOptions:
     near_duplicate_bits: int | None = NEAR_DUPLICATE_BITS
     max_shard_bytes: int = DEFAULT_SHARD_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
+    max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
     progress: bool = True
 
 
@@ -107,6 +114,8 @@ def make_adapter(spec: SourceSpec, options: BuildOptions, related: dict[Source, 
         images=spec.images,
         metadata_only=options.metadata_only,
         max_image_pixels=options.max_image_pixels,
+        max_json_bytes=options.max_json_bytes,
+        max_archive_members=options.max_archive_members,
         related=related,
     )
 

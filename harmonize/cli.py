@@ -22,6 +22,26 @@ app = typer.Typer(
 PathArg = Annotated[Path, typer.Argument(help="folder or file of the source, as its publisher ships it")]
 OutOpt = Annotated[Path, typer.Option("--out", help="output folder of the build")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="hide progress bars")]
+# Input limits (defaults in covid_cxr_unified.adapters.limits); an item over a limit is quarantined.
+MaxPixels = Annotated[
+    int | None, typer.Option("--max-image-pixels", min=1, help="largest image, in pixels (default 100000000)")
+]
+MaxJson = Annotated[
+    int | None, typer.Option("--max-json-bytes", min=1, help="largest JSON file, in bytes (default 64 MiB)")
+]
+MaxMembers = Annotated[
+    int | None, typer.Option("--max-archive-members", min=1, help="most members of one archive (default 1000000)")
+]
+
+
+def _limits(pixels: int | None, json_bytes: int | None, members: int | None) -> dict[str, int]:
+    """The limits given on the command line, as adapter keyword arguments."""
+    given = {
+        "max_image_pixels": pixels,
+        "max_json_bytes": json_bytes,
+        "max_archive_members": members,
+    }
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _fail(exc: HarmonizeError) -> typer.Exit:
@@ -57,11 +77,15 @@ def build(
         Path | None, typer.Option("--id-map", help="CSV of patient_id_a,patient_id_b pairs that are one person")
     ] = None,
     no_progress: NoProgress = False,
+    max_image_pixels: MaxPixels = None,
+    max_json_bytes: MaxJson = None,
+    max_archive_members: MaxMembers = None,
 ) -> None:
     """Build the Hugging Face dataset folder from the given sources.
 
     Example: covid-cxr build --ieee8023 covid-chestxray-dataset/ --out covid_cxr_unified
     """
+    from covid_cxr_unified.adapters import limits
     from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec
     from covid_cxr_unified.harmonize.build import build as run_build
     from covid_cxr_unified.harmonize.license_policy import parse_policy
@@ -80,6 +104,9 @@ def build(
             license_policy=parse_policy(license_policy),
             id_map=id_map,
             progress=not no_progress,
+            max_image_pixels=max_image_pixels or limits.DEFAULT_MAX_IMAGE_PIXELS,
+            max_json_bytes=max_json_bytes or limits.DEFAULT_MAX_JSON_BYTES,
+            max_archive_members=max_archive_members or limits.DEFAULT_MAX_ARCHIVE_MEMBERS,
         )
         result = run_build(specs, options)
     except HarmonizeError as exc:
@@ -141,6 +168,9 @@ def inspect(
         Path | None, typer.Option("--records-jsonl", help="write the harmonized records (no image bytes)")
     ] = None,
     no_progress: NoProgress = False,
+    max_image_pixels: MaxPixels = None,
+    max_json_bytes: MaxJson = None,
+    max_archive_members: MaxMembers = None,
 ) -> None:
     """Parse a source without writing a dataset and account for every input item.
 
@@ -157,6 +187,7 @@ def inspect(
             records_jsonl=records_jsonl,
             related={} if ieee8023 is None else {"ieee8023": ieee8023},
             progress=not no_progress and not as_json,
+            limits=_limits(max_image_pixels, max_json_bytes, max_archive_members),
         )
     except HarmonizeError as exc:
         raise _fail(exc) from None

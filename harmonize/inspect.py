@@ -18,9 +18,13 @@ def inspect_source(
     records_jsonl: Path | None = None,
     progress: bool = False,
     related: dict[str, Path] | None = None,
+    limits: dict[str, int] | None = None,
 ) -> AdapterReport:
+    """`limits`: adapter input limits (max_image_pixels, max_json_bytes, max_archive_members)."""
     links = {adapter_class(name).name: linked for name, linked in (related or {}).items()}
-    adapter = adapter_class(source)(path, images=images, metadata_only=metadata_only, related=links)
+    adapter = adapter_class(source)(
+        path, images=images, metadata_only=metadata_only, related=links, **(limits or {})
+    )
     try:
         handle = None if records_jsonl is None else records_jsonl.open("w", encoding="utf-8")
     except OSError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from badinputs import BUILDERS, TABLE, CaseInput, Row, resolve_key
+from badinputs import BUILDERS, TABLE, CaseInput, Row, ieee_row, picture, resolve_key, write_ieee
 from typer.testing import CliRunner
 
 from covid_cxr_unified.adapters import adapter_class
@@ -37,6 +37,8 @@ def _cli_args(case: CaseInput) -> list[str]:
         args += ["--images", str(case.images)]
     for path in case.related.values():
         args += ["--ieee8023", str(path)]
+    for name, value in case.limits.items():  # max_json_bytes -> --max-json-bytes
+        args += [f"--{name.replace('_', '-')}", str(value)]
     return args
 
 
@@ -58,7 +60,7 @@ def test_the_table_is_complete_and_large_enough() -> None:
 
 
 @pytest.mark.parametrize("row", TABLE, ids=[row.case_id for row in TABLE])
-def test_bad_input(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_input(row: Row, tmp_path: Path) -> None:
     case = BUILDERS[row.case_id](tmp_path)
     expected = row.expected
     adapter = _adapter(case)
@@ -69,7 +71,7 @@ def test_bad_input(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert type(error).__name__ == expected.what, f"{type(error).__name__}: {error}"
         message = str(error)
         assert expected.fragment in message and "\n" not in message, message
-        _check_cli(case, type(error).exit_code, monkeypatch)
+        _check_cli(case, type(error).exit_code)
         return
     records = {r.record.record_id: r.record for r in adapter.run()}
     report = adapter.report
@@ -98,12 +100,7 @@ def test_bad_input(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         pytest.fail(f"unknown expected kind {expected.kind!r}")
 
 
-def _check_cli(case: CaseInput, exit_code: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI has no flags for the limits: the case's limits become the adapter defaults it uses."""
-    defaults = Adapter.__init__.__kwdefaults__
-    assert defaults is not None
-    for name, value in case.limits.items():
-        monkeypatch.setitem(defaults, name, value)
+def _check_cli(case: CaseInput, exit_code: int) -> None:
     result = runner.invoke(app, _cli_args(case))
     assert result.exit_code == exit_code != 0, (result.exit_code, result.output, result.exception)
     assert isinstance(result.exception, SystemExit), result.exception  # not a crash caught by the runner
@@ -125,3 +122,15 @@ def test_a_typed_error_is_one_line_from_the_real_entry_point(tmp_path: Path) -> 
     assert done.returncode == 3, done.stderr
     assert done.stderr.count("\n") == 1
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr and "is a link" in done.stderr
+
+
+def test_limits_reach_the_adapters_through_build_options_and_the_cli(tmp_path: Path) -> None:
+    """`covid-cxr build --max-image-pixels` quarantines a larger image; the default keeps it."""
+    rows = [ieee_row(), ieee_row(patientid="2", filename="b.png"), ieee_row(patientid="3", filename="c.png")]
+    root = write_ieee(tmp_path / "src", rows, images={"c.png": picture(size=(40, 40))})
+    for flag, quarantined in ((["--max-image-pixels", "1500"], 1), ([], 0)):
+        out = tmp_path / f"out{len(flag)}"
+        result = runner.invoke(app, ["build", "--ieee8023", str(root), "--out", str(out), "--no-progress", *flag])
+        assert result.exit_code == 0, result.output
+        report = (out / "build_report.json").read_text(encoding="utf-8")
+        assert ('"image too large": 1' in report) == bool(quarantined), report
