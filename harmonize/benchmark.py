@@ -326,7 +326,9 @@ def _matrix(
         if fit_on not in predictions:
             chosen = np.isin(train.sources[train_idx], list(fit_on))
             n_pos, n_neg = int(y_train[chosen].sum()), int((1 - y_train[chosen]).sum())
-            if min(n_pos, n_neg) < options.min_per_class_train:
+            if not len(test_idx):
+                predictions[fit_on] = "not trained: no labeled test records"
+            elif min(n_pos, n_neg) < options.min_per_class_train:
                 predictions[fit_on] = f"not trained: train has {n_pos} pos / {n_neg} neg"
             else:
                 predictor = model(_with_labels(train, train_idx[chosen], y_train[chosen]))
@@ -408,6 +410,8 @@ def _audit(attribute: str, train: _Split, test: _Split, model: ModelFactory, opt
         only = classes[0] if classes else "none known"
         score = Score(len(test_idx), 0, 0, status=SINGLE_CLASS, note=f"one value only: {only}")
         return AuditResult(attribute, classes, score)
+    if not len(test_idx):
+        return AuditResult(attribute, classes, Score(0, 0, 0, status=NO_RECORDS, note="no test records"))
     scored = classes[1:] if len(classes) == 2 else classes
     test_data = test.dataset.select(test_idx.tolist())
     patients = [test.patients[i] for i in test_idx]

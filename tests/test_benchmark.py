@@ -211,6 +211,17 @@ def test_too_few_test_records_of_a_class_give_counts_not_auroc() -> None:
     assert (score.status, score.n_positive, score.auroc) == ("too_few", 1, None)
 
 
+def test_a_test_split_without_labels_or_ages_gives_reasons_not_errors() -> None:
+    splits = _splits(_source("alpha", 60, ("positive", "negative"), seed=6, marker=False))
+    unlabeled = LABEL_STATE_NAMES.index("not_annotated")
+    splits["test"] = splits["test"].map(lambda row: {"covid19": unlabeled, "age_years": None})
+    result = run_benchmark(splits, BenchmarkOptions(**FAST))
+    assert {c.score.status for c in result.cells} == {"no_records"}
+    age = next(a for a in result.audit if a.attribute == "age_group")
+    assert age.score.status == "no_records"
+    assert result.label_by_source_per_split["test"].get("alpha", "not_annotated") == len(splits["test"])
+
+
 def test_user_model_gets_labeled_training_data_and_its_scores_are_used(two_sources: dict[str, Dataset]) -> None:
     seen: list[tuple[set[str], set[int]]] = []
 
