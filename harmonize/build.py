@@ -34,6 +34,7 @@ from covid_cxr_unified.adapters.limits import (
 )
 from covid_cxr_unified.harmonize import __version__
 from covid_cxr_unified.harmonize.card import render_attribution, render_card, render_license_file
+from covid_cxr_unified.harmonize.croissant import write_croissant
 from covid_cxr_unified.harmonize.errors import BuildError
 from covid_cxr_unified.harmonize.features import FEATURES, canonical_json, record_to_row
 from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, Grouping, RecordKeys, group_records
@@ -42,6 +43,7 @@ from covid_cxr_unified.harmonize.license_policy import LicensePolicy, record_per
 from covid_cxr_unified.harmonize.report import write_report
 from covid_cxr_unified.harmonize.shards import DEFAULT_SHARD_BYTES, ShardWriter, file_sha256
 from covid_cxr_unified.harmonize.splits import DEFAULT_SPLIT_KEY, SPLITS, SplitRatios, assign_split
+from covid_cxr_unified.harmonize.visuals import render_card_figures
 from covid_cxr_unified.schema.record import SCHEMA_VERSION, Record
 from covid_cxr_unified.schema.vocab import Source
 
@@ -161,7 +163,9 @@ def _build_in(
     guard.raise_for_leaks()
     fingerprint = _fingerprint(staging, configs)
     write_report(staging, configs, fingerprint, guard, grouping)
-    (staging / "README.md").write_text(render_card(configs, fingerprint, guard), encoding="utf-8")
+    figures = {c.name: render_card_figures(staging, c.name, shards=c.shards) for c in configs}
+    (staging / "README.md").write_text(render_card(configs, fingerprint, guard, figures), encoding="utf-8")
+    write_croissant(staging, data_files={c.name: c.shards for c in configs})
     (staging / "LICENSE.md").write_text(render_license_file(configs), encoding="utf-8")
     credits = sorted(credit for s in spooled for credit in s.credits)
     (staging / "ATTRIBUTION.md").write_text(render_attribution(credits), encoding="utf-8")

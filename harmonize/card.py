@@ -17,6 +17,7 @@ from covid_cxr_unified.schema.licenses import LICENSES
 if TYPE_CHECKING:
     from covid_cxr_unified.harmonize.build import ConfigResult
     from covid_cxr_unified.harmonize.guards import GuardReport
+    from covid_cxr_unified.harmonize.visuals import CardFigure
 
 LOCAL_ONLY_SOURCES = {"bimcv"}
 
@@ -95,7 +96,16 @@ def _local_only_notice(configs: list[ConfigResult]) -> str:
     )
 
 
-def render_card(configs: list[ConfigResult], fingerprint: str, guard: GuardReport) -> str:
+def _figures_section(figures: dict[str, list[CardFigure]]) -> str:
+    parts = []
+    for config, shown in figures.items():
+        parts += [f"### {config}", "", *(figure.markdown() for figure in shown), ""]
+    return "\n".join(parts)
+
+
+def render_card(
+    configs: list[ConfigResult], fingerprint: str, guard: GuardReport, figures: dict[str, list[CardFigure]]
+) -> str:
     front = yaml.safe_dump(card_yaml(configs, fingerprint), sort_keys=False, allow_unicode=True)
     sources = _sources(configs)
     body = Template(card_text("template")).substitute(
@@ -105,6 +115,7 @@ def render_card(configs: list[ConfigResult], fingerprint: str, guard: GuardRepor
         split_table=_split_table(configs),
         guard="\n".join(guard_lines(guard)),
         label_by_source="\n".join(label_by_source_lines(guard)),
+        figures=_figures_section(figures),
         license_table=_license_table(configs),
         fingerprint=fingerprint,
         source_cards="\n\n".join(card_text(c.name) for c in sources),
