@@ -25,6 +25,7 @@ from tqdm import tqdm
 from covid_cxr_unified.adapters.limits import DEFAULT_MAX_ARCHIVE_MEMBERS as DEFAULT_MAX_ARCHIVE_MEMBERS
 from covid_cxr_unified.adapters.limits import DEFAULT_MAX_IMAGE_PIXELS as DEFAULT_MAX_IMAGE_PIXELS
 from covid_cxr_unified.adapters.limits import DEFAULT_MAX_JSON_BYTES as DEFAULT_MAX_JSON_BYTES
+from covid_cxr_unified.adapters.limits import max_image_bytes
 from covid_cxr_unified.adapters.pixels import dhash, pixel_sha256
 from covid_cxr_unified.schema.record import ImageRef, Record
 from covid_cxr_unified.schema.vocab import Source
@@ -264,9 +265,16 @@ class Adapter(ABC):
         if not path.resolve().is_relative_to(self.images.resolve()):
             raise QuarantineItem("image path unsafe", f"{item.image_path!r} is a link out of the images folder")
         try:
+            self.check_image_bytes(path.stat().st_size)
             return path.read_bytes()
         except OSError as exc:
             raise QuarantineItem("image unreadable", f"{item.image_path}: {exc.strerror or exc}") from exc
+
+    def check_image_bytes(self, size: int) -> None:
+        """Quarantine, unread, an image file too large to hold `max_image_pixels` pixels."""
+        limit = max_image_bytes(self.max_image_pixels)
+        if size > limit:
+            raise QuarantineItem("image too large", f"{size} bytes > {limit} (from max_image_pixels)")
 
     def check_scope(self, item: SourceItem, ctx: MappingContext) -> None:  # noqa: B027 - optional hook
         """Raise ExcludeItem for out-of-scope items before any image is read."""

@@ -60,6 +60,7 @@ from covid_cxr_unified.adapters.bimcv_vocab import (
     VIEW_POSITIONS,
 )
 from covid_cxr_unified.adapters.dicom_json import DicomJson, SidecarError, dicom_age_years
+from covid_cxr_unified.adapters.limits import max_image_bytes
 from covid_cxr_unified.adapters.tar_reader import is_archive, iter_archive, read_sha1sums, verify_sha1
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
 from covid_cxr_unified.schema.licenses import license_record
@@ -161,8 +162,9 @@ class BimcvAdapter(Adapter):
         self.license: LicenseRecord = license_record(LICENSE_ID, LICENSE_RAW, attribution=ATTRIBUTION)
         self._files: dict[str, _Located] = {}
         self._small: dict[str, bytes] = {}  # archive mode: the bytes of every non-image member
+        self._unread: dict[str, int] = {}  # archive mode: size of members over their limit, left unread
         self._archives: list[Path] = []
-        self._current: tuple[str, bytes] | None = None  # archive mode: the image being processed
+        self._current: tuple[str, bytes | None, int] | None = None  # archive mode: image, bytes, size
         self._meta = ""
         self._participants: dict[str, Participant] = {}
         self._junk_participant_rows: list[int] = []
@@ -223,7 +225,8 @@ class BimcvAdapter(Adapter):
         for archive in self._archives:
             verify_sha1(archive, sums)
             members = set()
-            for name, _member, data in iter_archive(archive, lambda n: not _is_image(n), self.max_archive_members):
+            members_of = iter_archive(archive, lambda n: not _is_image(n), self.max_archive_members, self._json_limit)
+            for name, member, data in members_of:
                 if name in self._files:
                     raise SourceFormatError(
                         f"bimcv: {name} is in both {self._files[name].archive} and {archive.name}; pass the "
@@ -233,6 +236,8 @@ class BimcvAdapter(Adapter):
                 members.add(name)
                 if data is not None:
                     self._small[name] = data
+                elif not _is_image(name):
+                    self._unread[name] = member.size
             listed = self._listing(archive, sums)
             if listed is not None and listed != members:
                 differing.append(archive.name)
@@ -251,6 +256,19 @@ class BimcvAdapter(Adapter):
             raise SourceFormatError(f"bimcv: {listing.name} is not UTF-8 text") from exc
         paths = (line.split()[-1] for line in lines if line.startswith("-"))
         return {"/".join(p for p in path.split("/") if p not in ("", ".")) for path in paths}
+
+    def _image_limit(self, name: str) -> int | None:
+        return max_image_bytes(self.max_image_pixels)
+
+    def _json_limit(self, name: str) -> int | None:
+        return self.max_json_bytes if name.endswith(".json") else None
+
+    def _size(self, name: str) -> int:
+        if name in self._small:
+            return len(self._small[name])
+        if name in self._unread:
+            return self._unread[name]
+        return (self.root / self._files[name].name).stat().st_size
 
     def _read(self, name: str) -> bytes:
         if name in self._small:
@@ -328,15 +346,14 @@ class BimcvAdapter(Adapter):
                 continue
             if path.endswith(".json"):
                 stem = posixpath.basename(path).removesuffix(".json")
-                data = self._read(name)
-                if len(data) > self.max_json_bytes:
+                size = self._size(name)
+                if size > self.max_json_bytes:
                     self._sidecars[stem] = (
-                        f"{SIDECAR_TOO_LARGE}: {len(data)} bytes, over the limit of {self.max_json_bytes} "
-                        "(max_json_bytes)"
+                        f"{SIDECAR_TOO_LARGE}: {size} bytes, over the limit of {self.max_json_bytes} (max_json_bytes)"
                     )
                     continue
                 try:
-                    self._sidecars[stem] = DicomJson.parse(data)
+                    self._sidecars[stem] = DicomJson.parse(self._read(name))
                 except SidecarError as exc:
                     self._sidecars[stem] = str(exc)
                 continue
@@ -425,11 +442,12 @@ class BimcvAdapter(Adapter):
             def want(name: str) -> bool:
                 return not self.metadata_only and name.endswith(".png") and name in wanted
 
-            for name, _member, data in iter_archive(archive, want, self.max_archive_members):
+            members_of = iter_archive(archive, want, self.max_archive_members, self._image_limit)
+            for name, member, data in members_of:
                 path = wanted.get(name)
                 if path is None or self._images[path].archive != archive.name:
                     continue
-                self._current = (path, data or b"")
+                self._current = (path, data, member.size)
                 yielded.add(path)
                 yield self._image_item(path, self._images[path])
         self._current = None
@@ -438,13 +456,17 @@ class BimcvAdapter(Adapter):
 
     def read_image(self, item: SourceItem) -> bytes:
         if self._current is not None and self._current[0] == item.key:
-            return self._current[1]
+            _, data, size = self._current
+            if data is None:  # left unread in the archive: over the limit (or metadata only)
+                self.check_image_bytes(size)
+            return data or b""
         located = self._images.get(item.key)
         if located is None or located.archive is not None:
             raise QuarantineItem("image missing", item.key)
         path = self.root / located.name
         if not path.is_file():
             raise QuarantineItem("image missing", located.name)
+        self.check_image_bytes(path.stat().st_size)
         return path.read_bytes()
 
     def check_scope(self, item: SourceItem, ctx: MappingContext) -> None:

@@ -12,6 +12,14 @@ from __future__ import annotations
 # 100 megapixels: the largest real radiographs (BIMCV DX, ~4300x4300) are under 20.
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
+
+
+def max_image_bytes(max_image_pixels: int) -> int:
+    """The largest image file worth reading: 8 bytes a pixel (16-bit RGBA, uncompressed) plus 1 MiB.
+    A larger file cannot hold an image within `max_image_pixels`; it is quarantined unread."""
+    return max_image_pixels * 8 + 2**20
+
+
 # A JSON file (COCO export, Darwin JSON, DICOM JSON sidecar) larger than this is not parsed.
 # The real V7 COCO export is a few MB; a sidecar is a few kB.
 DEFAULT_MAX_JSON_BYTES = 64 * 1024 * 1024

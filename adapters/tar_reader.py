@@ -88,9 +88,13 @@ def check_member(archive: str, member: tarfile.TarInfo) -> str:
 
 
 def iter_archive(
-    path: Path, want: Callable[[str], bool], max_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
+    path: Path,
+    want: Callable[[str], bool],
+    max_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS,
+    max_bytes: Callable[[str], int | None] | None = None,
 ) -> Iterator[tuple[str, tarfile.TarInfo, bytes | None]]:
-    """Stream (name, member, bytes-or-None) for every file member; bytes only where `want(name)`.
+    """Stream (name, member, bytes-or-None) for every file member; bytes only where `want(name)` and
+    the member is no larger than `max_bytes(name)` (None: no limit), so a bomb is never read.
 
     Every member, folders included, is checked before anything is read from it; an archive with
     more than `max_members` members is refused.
@@ -106,7 +110,8 @@ def iter_archive(
                 if not member.isfile():
                     continue
                 data = None
-                if want(name):
+                limit = None if max_bytes is None else max_bytes(name)
+                if want(name) and (limit is None or member.size <= limit):
                     handle = tar.extractfile(member)
                     data = handle.read() if handle is not None else b""
                 yield name, member, data

@@ -115,6 +115,12 @@ TABLE: tuple[Row, ...] = (
     ),
     Row("ieee-image-missing", IEEE, "a.png not in images/", quar("a.png", "image missing")),
     Row(
+        "ieee-image-file-too-large",
+        IEEE,
+        "a.png padded to 2 MB, max_image_pixels=1000: not read",
+        quar("a.png", "image too large", "bytes >"),
+    ),
+    Row(
         "ieee-path-dotdot",
         IEEE,
         "filename ../outside.png (a real PNG outside images/)",
@@ -367,6 +373,18 @@ TABLE: tuple[Row, ...] = (
     Row("bimcv-tar-too-many-members", BIMCV, "max_archive_members=3", err(SFE, "max_archive_members")),
     Row("bimcv-tar-duplicate-member", BIMCV, "one file in two archives", err(SFE, "is in both")),
     Row("bimcv-tar-png-rgb", BIMCV, "an RGB PNG read from an archive", quar(B_KEY, "image not grayscale (RGB)")),
+    Row(
+        "bimcv-tar-png-bomb-member",
+        BIMCV,
+        "a 2 MB PNG member (zeros after IEND, 2 kB gzipped), max_image_pixels=1000: left unread",
+        quar(B_KEY, "image too large", "bytes >"),
+    ),
+    Row(
+        "bimcv-tar-sidecar-too-large",
+        BIMCV,
+        "a sidecar member over max_json_bytes=1500: left unread",
+        quar(B_KEY, "JSON file too large"),
+    ),
     Row("bimcv-missing-root", BIMCV, "the release folder does not exist", err(SNF, "does not exist")),
 )
 
@@ -908,6 +926,9 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
         lambda f: write_ieee(f, [ieee_row()], images={"a.png": png_bomb(4000, 4000)}), max_image_pixels=1_000_000
     ),
     "ieee-image-missing": _ieee_missing_image,
+    "ieee-image-file-too-large": _ieee(
+        lambda f: write_ieee(f, [ieee_row()], images={"a.png": picture() + b"\0" * 2_000_000}), max_image_pixels=1000
+    ),
     "ieee-path-dotdot": _ieee_dotdot,
     "ieee-path-absolute": _ieee_absolute,
     "ieee-path-symlink": _ieee_symlink,
@@ -1046,6 +1067,13 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
     "bimcv-tar-too-many-members": _bimcv_archives(max_archive_members=3),
     "bimcv-tar-duplicate-member": _bimcv_archives(_duplicate_member),
     "bimcv-tar-png-rgb": _bimcv_archives(files_mutate=_rgb_in_archive),
+    "bimcv-tar-png-bomb-member": _bimcv_archives(
+        files_mutate=_edit(f"{B_FILE}.png", lambda d: d + b"\0" * 2_000_000), max_image_pixels=1000
+    ),
+    "bimcv-tar-sidecar-too-large": _bimcv_archives(
+        files_mutate=_sidecar(lambda d: d.update({"00102000": {"vr": "LT", "Value": ["x" * 2000]}})),
+        max_json_bytes=1500,
+    ),
     "bimcv-missing-root": lambda folder: CaseInput(BIMCV, folder / "nowhere"),
 }
 
