@@ -13,6 +13,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from xml.parsers import expat
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -51,6 +52,7 @@ def parse_aim(data: bytes) -> list[RoiPolygon]:
     """Every polygon of an AIM document, in document order."""
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise RoiError("XML with a DTD or entities is refused")
+    _refuse_dtd(data)  # also in encodings the byte check cannot see (UTF-16, UTF-32)
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
@@ -76,6 +78,19 @@ def parse_aim(data: bytes) -> list[RoiPolygon]:
             points.sort()
             polygons.append(RoiPolygon(label, tuple((x, y) for _, x, y in points), annotation_id))
     return polygons
+
+
+def _refuse_dtd(data: bytes) -> None:
+    def refuse(*_: object) -> None:
+        raise RoiError("XML with a DTD or entities is refused")
+
+    scanner = expat.ParserCreate()
+    scanner.StartDoctypeDeclHandler = refuse
+    scanner.EntityDeclHandler = refuse
+    try:
+        scanner.Parse(data, True)
+    except expat.ExpatError as exc:
+        raise RoiError(f"not well-formed XML: {exc}") from exc
 
 
 @dataclass(frozen=True)

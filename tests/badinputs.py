@@ -344,6 +344,12 @@ TABLE: tuple[Row, ...] = (
         ),
     ),
     Row("bimcv-roi-doctype", BIMCV, "iteration 1 ROI with a DTD", quar("ROI", "ROI unreadable", "DTD")),
+    Row(
+        "bimcv-roi-doctype-utf16",
+        BIMCV,
+        "iteration 1 ROI in UTF-16 with a DTD and an entity (invisible to a byte search)",
+        quar("ROI", "ROI unreadable", "DTD"),
+    ),
     # --- BIMCV: archives ----------------------------------------------------------------------------
     Row("bimcv-tar-absolute", BIMCV, "a member named /etc/evil", err("UnsafeMemberError", "absolute path")),
     Row("bimcv-tar-dotdot", BIMCV, "a member named covid19_posi/../../evil", err("UnsafeMemberError", "'..'")),
@@ -1049,6 +1055,15 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
     ),
     "bimcv-roi-nan": _roi(lambda d: _roi_points(d, "NaN", "10.0")),
     "bimcv-roi-outside": _roi(_roi_shift_outside),
+    "bimcv-roi-doctype-utf16": _roi(
+        lambda d: (
+            d.decode()
+            .replace('encoding="UTF-8"', 'encoding="UTF-16"')
+            .replace("?>", '?><!DOCTYPE x [<!ENTITY a "consolidation">]>', 1)
+            .replace('value="consolidation"', 'value="&a;"')
+            .encode("utf-16")
+        )
+    ),
     "bimcv-roi-doctype": _roi(lambda d: d.replace(b"?>", b'?><!DOCTYPE x [<!ENTITY a "b">]>', 1)),
     # BIMCV archives
     "bimcv-tar-absolute": _bimcv_archives(
