@@ -322,7 +322,8 @@ def _guarded(reader: Any, document: object, file: JsonFile) -> V7Image:
     try:
         image: V7Image = reader(document, file)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        return V7Image(file.name, file.name, error=f"malformed Darwin JSON: {type(exc).__name__}: {exc}")
+        detail = str(exc) if file.path is None else str(exc).replace(str(file.path), file.name)  # no local path
+        return V7Image(file.name, file.name, error=f"malformed Darwin JSON: {type(exc).__name__}: {detail}")
     return image
 
 
@@ -416,5 +417,5 @@ def _darwin_py_parse(file: JsonFile) -> Any:
             path = Path(tmp) / "item.json"
             path.write_bytes(file.data)
             return parse_darwin_json(path)
-    except UnrecognizableFileEncoding as exc:
-        raise ValueError(f"darwin-py cannot decode the file (not strict JSON?): {exc}") from exc
+    except UnrecognizableFileEncoding as exc:  # its message holds the file's local path: not repeated
+        raise ValueError("darwin-py cannot decode the file (not strict JSON?)") from exc

@@ -225,6 +225,12 @@ TABLE: tuple[Row, ...] = (
         "image.url, thumbnail_url and a custom link carry ?token=",
         rec("v7_darwin:a.png", "access token removed from the URL in raw image.external_url"),
     ),
+    Row(
+        "v7-darwin2-not-strict-json",
+        V7,
+        "a Darwin JSON 2.0 file with a NaN (darwin-py refuses it; its message names the local path)",
+        quar("b.json", "annotation file unreadable", "darwin-py cannot decode the file"),
+    ),
     Row("v7-darwin-point-no-y", V7, "a polygon point lacks y", rec("v7_darwin:a.png", "non-numeric coordinates")),
     # --- V7 Darwin: geometry -----------------------------------------------------------------------------
     Row("v7-polygon-2-points", V7, "a 2-point polygon", rec("v7_darwin:a.png", "fewer than 3 points")),
@@ -1002,6 +1008,34 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
         first=darwin1(
             "a.png", "1", external_url="https://storage.example.com/a.png?X-Amz-Signature=abc&token=SECRETTOKEN5"
         )
+    ),
+    "v7-darwin2-not-strict-json": _v7_darwin(
+        json.dumps(
+            {
+                "version": "2.0",
+                "item": {
+                    "name": "b.png",
+                    "path": "/",
+                    "slots": [
+                        {
+                            "type": "image",
+                            "slot_name": "0",
+                            "width": 32,
+                            "height": 32,
+                            "source_files": [{"file_name": "b.png"}],
+                        }
+                    ],
+                },
+                "annotations": [
+                    {
+                        "id": "1",
+                        "name": "Lung",
+                        "slot_names": ["0"],
+                        "polygon": {"paths": [[{"x": float("nan"), "y": 4}, {"x": 20, "y": 4}, {"x": 20, "y": 20}]]},
+                    }
+                ],
+            }
+        ).encode()
     ),
     "v7-darwin-point-no-y": _v7_darwin(
         first=darwin1("a.png", "1", path=[{"x": 4}, {"x": 20, "y": 4}, {"x": 20, "y": 20}])

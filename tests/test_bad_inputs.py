@@ -77,6 +77,9 @@ def test_bad_input(row: Row, tmp_path: Path) -> None:
     report = adapter.report
     assert report.reconciles(), report.summary()
     key = resolve_key(row.case_id, expected.key, case)
+    source_named = expected.key == "ABSOLUTE"  # the CSV itself names a local path: reported as written
+    local = [n.detail for n in report.quarantined_items if str(tmp_path) in n.detail and not source_named]
+    assert not local, f"a local path in a quarantine detail (it would reach build_report.json): {local}"
     if expected.kind == "quarantined":
         notes = [(n.reason, n.detail) for n in report.quarantined_items if n.key == key]
         assert any(reason == expected.what and expected.fragment in detail for reason, detail in notes), (
