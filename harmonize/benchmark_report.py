@@ -35,7 +35,7 @@ def matrix_data(result: BenchmarkResult) -> tuple[list[str], list[str], np.ndarr
     """Rows, columns, AUROC values (NaN where none) and the text of each cell."""
     rows, columns = list(result.train_rows), list(result.test_columns)
     values = np.full((len(rows), len(columns)), np.nan)
-    text = [["" for _ in columns] for _ in rows]
+    text = [["not applicable" for _ in columns] for _ in rows]  # e.g. leave-one-source-out x pooled
     for cell in result.cells:
         i, j = rows.index(cell.train), columns.index(cell.test)
         score = cell.score

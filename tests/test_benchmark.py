@@ -400,6 +400,7 @@ def test_report_plots_and_data(tmp_path: Path, two_sources_result: Any) -> None:
         i, j = rows.index(cell["train"]), columns.index(cell["test"])
         assert values[i, j] == pytest.approx(cell["auroc"]) and f"n={cell['n']}" in text[i][j]
     assert np.isnan(values[rows.index(OTHERS), columns.index(POOLED)])
+    assert text[rows.index(OTHERS)][columns.index(POOLED)] == "not applicable"
     markdown = (tmp_path / "benchmark.md").read_text(encoding="utf-8")
     assert markdown == render_markdown(two_sources_result)
     for name in PLOTS:
