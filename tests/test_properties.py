@@ -476,3 +476,47 @@ def test_record_model_validate_on_anything(document: Any) -> None:
     assume(document is not None)
     with pytest.raises(ValidationError):
         Record.model_validate(document)
+
+
+# --- the BIMCV adapter end to end, on fuzzed tables and sidecars -------------------------------------------
+
+cell_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\t\r\n\"'"), max_size=12)
+list_cell = st.lists(cell_text | st.sampled_from(["unchanged", "COVID 19", "normal", "exclude", ""]), max_size=4).map(
+    lambda items: "[" + ", ".join(f"'{item}'" for item in items) + "]"
+)
+
+
+@FAST
+@given(
+    labels=st.lists(list_cell | cell_text, min_size=1, max_size=9),
+    ages=st.lists(cell_text | st.just("[66, 67]"), min_size=1, max_size=6),
+    genders=st.lists(cell_text | st.sampled_from(["M", "F", "None"]), min_size=1, max_size=6),
+    sidecar_value=json_value,
+    tag=st.sampled_from(TAGS),
+)
+def test_bimcv_adapter_on_fuzzed_tables_and_sidecars(
+    scratch: Path, labels: list[str], ages: list[str], genders: list[str], sidecar_value: Any, tag: str
+) -> None:
+    from badinputs import B_FILE, B_LABELS, B_PARTICIPANTS, _release, _write_tree
+
+    from covid_cxr_unified.adapters.bimcv import BimcvAdapter
+
+    files = dict(_release("iter12"))
+    lines = files[B_LABELS].decode().split("\n")
+    for index in range(1, len(lines) - 1):  # the Labels column (5th cell) of every row
+        cells = lines[index].split("\t")
+        cells[4] = labels[index % len(labels)]
+        lines[index] = "\t".join(cells)
+    files[B_LABELS] = "\n".join(lines).encode()
+    people = files[B_PARTICIPANTS].decode().split("\n")
+    for index in range(1, len(people) - 1):
+        cells = people[index].split("\t")
+        cells[3], cells[4] = ages[index % len(ages)], genders[index % len(genders)]
+        people[index] = "\t".join(cells)
+    files[B_PARTICIPANTS] = "\n".join(people).encode()
+    sidecar = json.loads(files[f"{B_FILE}.json"])
+    sidecar[tag] = {"vr": "XX", "Value": sidecar_value}
+    files[f"{B_FILE}.json"] = json.dumps(sidecar).encode()
+    root = scratch / "bimcv-fuzz"
+    _write_tree(root, files)
+    _run(BimcvAdapter(root, metadata_only=True))
