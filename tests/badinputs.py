@@ -8,8 +8,8 @@ An outcome is one of
 * `quarantined`  - the item `key` is quarantined with reason `what` (and `fragment` in the detail);
 * `excluded`     - the item `key` is excluded with reason `what`;
 * `record`       - the item becomes record `key`; `fragment`, when given, is in its flags or repairs;
-* `unmapped`     - the raw value `fragment` of field `what` is counted as unmapped;
-* `note`         - `report.notes` at the dotted path `what` contains `fragment`.
+* `unmapped`     - the raw value `fragment` of field `what` is counted as unmapped, `count` times;
+* `note`         - the note `report.notes[what][key]` (e.g. linkage.unmatched) contains `fragment`.
 
 `BUILDERS[case_id](folder)` writes the case and returns how to read it (`CaseInput`).
 """
@@ -47,6 +47,7 @@ class Expected:
     what: str
     fragment: str = ""
     key: str | None = None
+    count: int = 1  # unmapped: how many times the raw value is counted
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,12 @@ def rec(key: str, note: str = "") -> Expected:
     return Expected("record", "", note, key)
 
 
-def unmapped(field_name: str, raw: str) -> Expected:
-    return Expected("unmapped", field_name, raw)
+def unmapped(field_name: str, raw: str, count: int = 1) -> Expected:
+    return Expected("unmapped", field_name, raw, count=count)
+
+
+def excluded(key: str, reason: str) -> Expected:
+    return Expected("excluded", reason, "", key)
 
 
 IEEE, V7, BIMCV = Source.IEEE8023, Source.V7_DARWIN, Source.BIMCV
@@ -175,6 +180,13 @@ TABLE: tuple[Row, ...] = (
         quar("a.png", "record invalid", "age_years: Input should be less than or equal to 130"),
     ),
     Row("ieee-csv-offset-not-int", IEEE, "offset 12.5", unmapped("offset", "12.5")),
+    Row(
+        "ieee-csv-finding-todo",
+        IEEE,
+        "finding todo",
+        excluded("a.png", "finding 'todo': not part of the dataset (ieee8023 #149)"),
+    ),
+    Row("ieee-csv-ct-row", IEEE, "modality CT in an images/ row", excluded("a.png", "CT slice: not a chest X-ray")),
     Row("ieee-csv-patientid-blank", IEEE, "patientid blank", quar("a.png", "patientid missing")),
     Row("ieee-csv-url-token", IEEE, "url carries ?token=", rec("ieee8023:a.png", "access token removed")),
     Row("ieee-missing-root", IEEE, "no metadata.csv", err(SNF, "no metadata.csv")),
@@ -200,6 +212,7 @@ TABLE: tuple[Row, ...] = (
     ),
     Row("v7-coco-patientid-missing", V7, "no PatientID tag", quar("a.png", "PatientID tag missing")),
     Row("v7-coco-unknown-tag", V7, "tag Zebra", unmapped("tag", "Zebra")),
+    Row("v7-coco-ct-tag", V7, "image tagged CT", excluded("a.png", "CT slice: not a chest X-ray")),
     Row("v7-coco-unknown-class", V7, "annotation class Heart", unmapped("annotation class", "Heart")),
     Row("v7-coco-url-token", V7, "darwin_workview_url carries ?token=", rec("v7_darwin:a.png", "access token removed")),
     Row("v7-zip-bad-crc", V7, "COCO zip with a corrupted member", err(SFE, "not a readable zip archive")),
@@ -264,7 +277,7 @@ TABLE: tuple[Row, ...] = (
         "v7-linkage-ambiguous",
         V7,
         "ieee8023 lists a.png twice, for two patients",
-        Expected("note", "linkage.unmatched.a.png", "ambiguous: 2 ieee8023 rows"),
+        Expected("note", "linkage.unmatched", "ambiguous: 2 ieee8023 rows", "a.png"),
     ),
     Row(
         "v7-linkage-csv-huge-cell",
@@ -299,6 +312,14 @@ TABLE: tuple[Row, ...] = (
     Row("bimcv-sidecar-too-large", BIMCV, "sidecar over max_json_bytes=1500", quar(B_KEY, "JSON file too large")),
     Row("bimcv-sidecar-deep-json", BIMCV, "sidecar is 100000 nested arrays", rec(B_REC, "sidecar unreadable")),
     Row("bimcv-sidecar-wrong-types", BIMCV, "Value not a list, numbers as text, NaN spacing", rec(B_REC)),
+    Row(
+        "bimcv-ct-png",
+        BIMCV,
+        "a PNG named _ct in mod-rx (a CT slice, not a radiograph)",
+        excluded(
+            "sub-S03044/ses-E06790/mod-rx/sub-S03044_ses-E06790_run-9_bp-chest_ct.png", "CT volume: not a chest X-ray"
+        ),
+    ),
     # --- BIMCV: tables ------------------------------------------------------------------------------
     Row(
         "bimcv-tsv-non-utf8",
@@ -318,7 +339,7 @@ TABLE: tuple[Row, ...] = (
     ),
     Row("bimcv-tsv-huge-cell", BIMCV, "a 200 kB report cell", err(SFE, "field larger than field limit")),
     Row("bimcv-tsv-unknown-label", BIMCV, "report label 'alien artifact'", unmapped("report label", "alien artifact")),
-    Row("bimcv-tsv-unknown-gender", BIMCV, "gender X", unmapped("gender", "X")),
+    Row("bimcv-tsv-unknown-gender", BIMCV, "gender X", unmapped("gender", "X", count=2)),
     Row(
         "bimcv-tsv-age-impossible",
         BIMCV,
@@ -966,6 +987,8 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
     "ieee-csv-age-nan": _ieee_rows(ieee_row(age="NaN")),
     "ieee-csv-age-impossible": _ieee_rows(ieee_row(age="250")),
     "ieee-csv-offset-not-int": _ieee_rows(ieee_row(offset="12.5")),
+    "ieee-csv-finding-todo": _ieee_rows(ieee_row(finding="todo")),
+    "ieee-csv-ct-row": _ieee_rows(ieee_row(modality="CT", view="Axial")),
     "ieee-csv-patientid-blank": _ieee_rows(ieee_row(patientid=" ")),
     "ieee-csv-url-token": _ieee_rows(ieee_row(url="https://example.org/case/1?id=4&token=SECRETTOKEN3")),
     "ieee-missing-root": lambda folder: CaseInput(IEEE, folder / "nowhere"),
@@ -989,6 +1012,9 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
     ),
     "v7-coco-patientid-missing": _v7_json(coco(images=_coco_images(tag_ids=[2, 3]))),
     "v7-coco-unknown-tag": _v7_json(coco(images=_coco_images(tag_ids=[1, 2, 5]))),
+    "v7-coco-ct-tag": _v7_json(
+        {**coco(images=_coco_images(tag_ids=[1, 6])), "tag_categories": [*V7_TAGS, {"id": 6, "name": "CT"}]}
+    ),
     "v7-coco-unknown-class": _v7_json(
         coco(annotations=[{"id": 1, "image_id": 1, "category_id": 3, "segmentation": [SQUARE]}])
     ),
@@ -1071,6 +1097,12 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
     ),
     "bimcv-sidecar-deep-json": _bimcv(_set(f"{B_FILE}.json", deep_json())),
     "bimcv-sidecar-wrong-types": _bimcv(_sidecar(_wrong_types)),
+    "bimcv-ct-png": _bimcv(
+        _set(
+            "covid19_posi/sub-S03044/ses-E06790/mod-rx/sub-S03044_ses-E06790_run-9_bp-chest_ct.png",
+            picture("L", (64, 48)),
+        )
+    ),
     # BIMCV tables
     "bimcv-tsv-non-utf8": _bimcv(_latin1_participants),
     "bimcv-tsv-bom": _bimcv(_edit(B_PARTICIPANTS, lambda d: b"\xef\xbb\xbf" + d)),
