@@ -76,6 +76,10 @@ def verify_sha1(path: Path, sums: dict[str, str], sums_name: str = "sha1sums.txt
 def check_member(archive: str, member: tarfile.TarInfo) -> str:
     """The member's normalized name; raise UnsafeMemberError for anything but safe files and folders."""
     name = member.name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in the name (tarfile keeps them as surrogates)
+        raise SourceFormatError(f"{archive}: member {name!r} is not a UTF-8 name; refusing the archive") from None
     if not (member.isfile() or member.isdir()):
         kind = "link" if (member.issym() or member.islnk()) else "device or special file"
         raise UnsafeMemberError(f"{archive}: member {name!r} is a {kind}; refusing the archive")

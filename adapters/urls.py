@@ -1,7 +1,9 @@
-"""Credentials in URLs: V7 exports sign image links with `?token=…`; no build may keep one."""
+"""Text that must not reach a build as is: credentials in URLs (V7 exports sign image links with
+`?token=…`) and lone UTF-16 surrogates (a JSON `"\\ud800"` escape), which no UTF-8 file can hold."""
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 
 from pydantic import JsonValue
@@ -22,6 +24,20 @@ SECRET_QUERY_KEYS = frozenset(
         "auth",
     }
 )
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(value: object) -> object:
+    """`value` (parsed JSON) with every lone surrogate in its strings and keys replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {without_surrogates(key): without_surrogates(item) for key, item in value.items()}
+    return value
 
 
 def strip_url_secrets(value: JsonValue, where: str = "") -> tuple[JsonValue, list[str]]:

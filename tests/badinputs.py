@@ -212,6 +212,12 @@ TABLE: tuple[Row, ...] = (
     ),
     Row("v7-coco-patientid-missing", V7, "no PatientID tag", quar("a.png", "PatientID tag missing")),
     Row("v7-coco-unknown-tag", V7, "tag Zebra", unmapped("tag", "Zebra")),
+    Row(
+        "v7-coco-lone-surrogate",
+        V7,
+        'file_name "a\\ud800.png" (valid JSON, not valid Unicode)',
+        rec("v7_darwin:a\ufffd.png"),
+    ),
     Row("v7-coco-ct-tag", V7, "image tagged CT", excluded("a.png", "CT slice: not a chest X-ray")),
     Row("v7-coco-unknown-class", V7, "annotation class Heart", unmapped("annotation class", "Heart")),
     Row("v7-coco-url-token", V7, "darwin_workview_url carries ?token=", rec("v7_darwin:a.png", "access token removed")),
@@ -320,6 +326,12 @@ TABLE: tuple[Row, ...] = (
             "sub-S03044/ses-E06790/mod-rx/sub-S03044_ses-E06790_run-9_bp-chest_ct.png", "CT volume: not a chest X-ray"
         ),
     ),
+    Row(
+        "bimcv-sidecar-lone-surrogate",
+        BIMCV,
+        "sidecar Series Description holds a lone surrogate escape",
+        rec(B_REC),
+    ),
     # --- BIMCV: tables ------------------------------------------------------------------------------
     Row(
         "bimcv-tsv-non-utf8",
@@ -384,6 +396,12 @@ TABLE: tuple[Row, ...] = (
     Row("bimcv-tar-hardlink", BIMCV, "a hard-link member", err("UnsafeMemberError", "is a link")),
     Row("bimcv-tar-device", BIMCV, "a character-device member", err("UnsafeMemberError", "device or special file")),
     Row("bimcv-tar-fifo", BIMCV, "a FIFO member", err("UnsafeMemberError", "device or special file")),
+    Row(
+        "bimcv-tar-non-utf8-name",
+        BIMCV,
+        "a member whose name has a Latin-1 byte",
+        err(SFE, "is not a UTF-8 name"),
+    ),
     Row(
         "bimcv-tar-sha1-mismatch",
         BIMCV,
@@ -1012,6 +1030,7 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
     ),
     "v7-coco-patientid-missing": _v7_json(coco(images=_coco_images(tag_ids=[2, 3]))),
     "v7-coco-unknown-tag": _v7_json(coco(images=_coco_images(tag_ids=[1, 2, 5]))),
+    "v7-coco-lone-surrogate": _v7_json(raw=json.dumps(coco(images=_coco_images(file_name="a\ud800.png"))).encode()),
     "v7-coco-ct-tag": _v7_json(
         {**coco(images=_coco_images(tag_ids=[1, 6])), "tag_categories": [*V7_TAGS, {"id": 6, "name": "CT"}]}
     ),
@@ -1103,6 +1122,9 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
             picture("L", (64, 48)),
         )
     ),
+    "bimcv-sidecar-lone-surrogate": _bimcv(
+        _sidecar(lambda d: d.update({"0008103E": {"vr": "LO", "Value": ["T\udc80RAX"]}}))
+    ),
     # BIMCV tables
     "bimcv-tsv-non-utf8": _bimcv(_latin1_participants),
     "bimcv-tsv-bom": _bimcv(_edit(B_PARTICIPANTS, lambda d: b"\xef\xbb\xbf" + d)),
@@ -1140,6 +1162,7 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
     "bimcv-tar-hardlink": _bimcv_archives(_add_member(_member("covid19_posi/hard", tarfile.LNKTYPE, "/etc/passwd"))),
     "bimcv-tar-device": _bimcv_archives(_add_member(_member("covid19_posi/dev", tarfile.CHRTYPE))),
     "bimcv-tar-fifo": _bimcv_archives(_add_member(_member("covid19_posi/fifo", tarfile.FIFOTYPE))),
+    "bimcv-tar-non-utf8-name": _bimcv_archives(_add_member(_member("covid19_posi/caf\udce9.txt"), b"x")),
     "bimcv-tar-sha1-mismatch": _bimcv_archives(_corrupt_byte),
     "bimcv-tar-not-listed": _bimcv_archives(_unlist),
     "bimcv-tar-sums-missing": _bimcv_archives(lambda root: (root / "sha1sums.txt").unlink()),

@@ -128,3 +128,20 @@ def test_limits_reach_the_adapters_through_build_options_and_the_cli(tmp_path: P
         assert result.exit_code == 0, result.output
         report = (out / "build_report.json").read_text(encoding="utf-8")
         assert ('"image too large": 1' in report) == bool(quarantined), report
+
+
+def test_a_lone_surrogate_cannot_break_a_build(tmp_path: Path) -> None:
+    """A JSON `\\ud800` escape once crashed the build report (UnicodeEncodeError); now it is U+FFFD."""
+    from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
+
+    case = BUILDERS["v7-coco-lone-surrogate"](tmp_path)
+    result = build([SourceSpec(case.source, case.path)], BuildOptions(out=tmp_path / "out", progress=False))
+    assert result.configs[0].report is not None and result.configs[0].report.records == 2
+    import pyarrow.parquet as pq
+
+    ids = [
+        i
+        for shard in (tmp_path / "out" / "data" / "v7_darwin").glob("*.parquet")
+        for i in pq.read_table(shard, columns=["record_id"]).column("record_id").to_pylist()
+    ]
+    assert "v7_darwin:a\ufffd.png" in ids, ids
