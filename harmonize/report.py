@@ -34,10 +34,11 @@ def write_report(
     folder: Path, configs: list[ConfigResult], fingerprint: str, guard: GuardReport, grouping: Grouping
 ) -> None:
     data = report_data(configs, fingerprint, guard, grouping)
-    (folder / "build_report.json").write_text(
-        json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    (folder / "build_report.md").write_text(render_markdown(configs, data, guard), encoding="utf-8")
+    # errors=backslashreplace: a file name with undecodable bytes (a lone surrogate) is written escaped
+    text = json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+    (folder / "build_report.json").write_text(text, encoding="utf-8", errors="backslashreplace")
+    markdown = render_markdown(configs, data, guard)
+    (folder / "build_report.md").write_text(markdown, encoding="utf-8", errors="backslashreplace")
 
 
 def count_table(title: str, counts: dict[str, int]) -> list[str]:

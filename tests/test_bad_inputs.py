@@ -147,3 +147,19 @@ def test_a_lone_surrogate_cannot_break_a_build(tmp_path: Path) -> None:
         for i in pq.read_table(shard, columns=["record_id"]).column("record_id").to_pylist()
     ]
     assert "v7_darwin:a\ufffd.png" in ids, ids
+
+
+def test_a_file_name_with_undecodable_bytes_cannot_break_a_build(tmp_path: Path) -> None:
+    """A BIMCV tree file named with a Latin-1 byte is quarantined (outside the MIDS grammar); the
+    build report writes its name escaped instead of crashing with UnicodeEncodeError."""
+    import os
+
+    from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
+
+    case = BUILDERS["bimcv-tsv-bom"](tmp_path)  # any well-formed tree
+    folder = os.fsencode(case.path / "covid19_posi" / "sub-S03044" / "ses-E06790" / "mod-rx")
+    Path(os.fsdecode(folder + b"/sub-S03044_ses-E06790_run-7_bp-chest\xe9_dx.png")).write_bytes(picture())
+    out = tmp_path / "out"
+    build([SourceSpec(case.source, case.path)], BuildOptions(out=out, progress=False))
+    report = (out / "build_report.json").read_text(encoding="utf-8")
+    assert "run-7_bp-chest\\udce9_dx.png" in report and "file name outside the MIDS grammar" in report
