@@ -1189,3 +1189,26 @@ def resolve_key(case_id: str, key: str | None, case: CaseInput) -> str | None:
     if key == "ROI":
         return ROI_PATH
     return key
+
+
+def markdown_table() -> str:
+    """The table for people: `python tests/badinputs.py > corpus.md`."""
+    lines = ["| case | source | mutation | expected |", "|---|---|---|---|"]
+    for row in TABLE:
+        e = row.expected
+        outcome = {
+            "error": f"{e.what}: …{e.fragment}…",
+            "quarantined": f"quarantined `{e.key}`: {e.what}" + (f" (…{e.fragment}…)" if e.fragment else ""),
+            "excluded": f"excluded `{e.key}`: {e.what}",
+            "record": f"record `{e.key}`" + (f", says …{e.fragment}…" if e.fragment else ""),
+            "unmapped": f"unmapped {e.what} `{e.fragment}` x{e.count}",
+            "note": f"note {e.what}[{e.key}]: …{e.fragment}…",
+        }[e.kind]
+        lines.append(f"| {row.case_id} | {row.source.value} | {row.mutation} | {outcome} |".replace("\n", " "))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(markdown_table())

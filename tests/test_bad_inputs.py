@@ -163,3 +163,10 @@ def test_a_file_name_with_undecodable_bytes_cannot_break_a_build(tmp_path: Path)
     build([SourceSpec(case.source, case.path)], BuildOptions(out=out, progress=False))
     report = (out / "build_report.json").read_text(encoding="utf-8")
     assert "run-7_bp-chest\\udce9_dx.png" in report and "file name outside the MIDS grammar" in report
+
+
+def test_the_table_renders_for_people() -> None:
+    from badinputs import markdown_table
+
+    text = markdown_table()
+    assert text.count("\n") == len(TABLE) + 2 and "| bimcv-tar-symlink | bimcv |" in text
