@@ -25,7 +25,7 @@ from tqdm import tqdm
 from covid_cxr_unified.adapters.limits import DEFAULT_MAX_ARCHIVE_MEMBERS as DEFAULT_MAX_ARCHIVE_MEMBERS
 from covid_cxr_unified.adapters.limits import DEFAULT_MAX_IMAGE_PIXELS as DEFAULT_MAX_IMAGE_PIXELS
 from covid_cxr_unified.adapters.limits import DEFAULT_MAX_JSON_BYTES as DEFAULT_MAX_JSON_BYTES
-from covid_cxr_unified.adapters.limits import max_image_bytes
+from covid_cxr_unified.adapters.limits import IMAGE_FORMATS, max_image_bytes
 from covid_cxr_unified.adapters.pixels import dhash, pixel_sha256
 from covid_cxr_unified.schema.record import ImageRef, Record
 from covid_cxr_unified.schema.vocab import Source
@@ -164,7 +164,7 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
     if not data:
         raise QuarantineItem("image empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
             width, height = img.size
             if width * height > max_pixels:
                 raise QuarantineItem("image too large", f"{width}x{height} > {max_pixels} pixels")

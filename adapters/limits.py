@@ -27,3 +27,7 @@ DEFAULT_MAX_JSON_BYTES = 64 * 1024 * 1024
 # An archive (BIMCV .tar.gz part, V7 zip) with more members than this is refused as a whole.
 # The largest real BIMCV part holds a few tens of thousands of members.
 DEFAULT_MAX_ARCHIVE_MEMBERS = 1_000_000
+
+# The Pillow decoders an image may be read with: raster formats only. Not EPS (Pillow hands it to
+# Ghostscript, an external program, on load); an image in any other format is quarantined unreadable.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")  # JPEG also opens MPO

@@ -110,6 +110,12 @@ TABLE: tuple[Row, ...] = (
     Row("ieee-png-16bit", IEEE, "a.png is 16-bit grey", rec("ieee8023:a.png")),
     Row("ieee-jpeg-truncated", IEEE, "a.jpg cut after its header", quar("a.jpg", "image unreadable")),
     Row("ieee-not-an-image", IEEE, "a.png holds text", quar("a.png", "image unreadable")),
+    Row(
+        "ieee-eps-disguised",
+        IEEE,
+        "a.png holds an EPS file (Pillow would run Ghostscript on it)",
+        quar("a.png", "image unreadable", "cannot identify image file"),
+    ),
     Row("ieee-png-bad-crc", IEEE, "a.png IHDR checksum broken", quar("a.png", "image unreadable")),
     Row("ieee-bomb-header", IEEE, "PNG header declares 30000x30000", quar("a.png", "image too large")),
     Row(
@@ -971,6 +977,9 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
     "ieee-png-16bit": _ieee_image(picture("I;16")),
     "ieee-jpeg-truncated": _ieee_image(picture("L", fmt="JPEG")[:200], name="a.jpg"),
     "ieee-not-an-image": _ieee_image(b"this is not a picture\n" * 10),
+    "ieee-eps-disguised": _ieee_image(
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n%%EndComments\nnewpath 0 0 moveto showpage\n%%EOF\n"
+    ),
     "ieee-png-bad-crc": _ieee_image(picture()[:29] + b"\0\0\0\0" + picture()[33:]),
     "ieee-bomb-header": _ieee_image(png_bomb(30_000, 30_000, rows=1)),
     "ieee-bomb-zeros": _ieee(
