@@ -5,10 +5,17 @@ and `to_record()` maps one raw item to a Record. The base does the rest: discove
 loading and probing, validation, exclusion and quarantine accounting, unmapped-vocabulary counting
 and progress. Every raw item ends as exactly one of: record, excluded (with reason), quarantined
 (with reason).
+
+Work units: after `discover()`, `units()` splits the items into independent `WorkUnit`s (row ranges,
+image ranges, subjects, archives) that can run in any process; each runs on its own copy of the
+adapter (`unit_worker()`), and `absorb()` merges its counts in unit order. State that spans items
+(per-patient conflicts, linkage, previous studies) is computed in `discover()`; state an item adds
+to is named in `unit_state` and summed across units; `finish()` writes notes from the sums.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 from abc import ABC, abstractmethod
@@ -63,6 +70,27 @@ class SourceItem:
 
 
 @dataclass(frozen=True)
+class WorkUnit:
+    """An independent share of a source's items; results are merged in `index` order."""
+
+    index: int
+    key: str  # stable and readable, e.g. "rows 1-256", "archive covid19_posi_subjects_1.tar.gz"
+    start: int = 0
+    stop: int = 0
+    archive: str | None = None
+    size: int = 0  # items expected, for progress
+
+
+@dataclass
+class UnitDelta:
+    """What one unit adds to its adapter: counts, `unit_state` values and a digest of its image bytes."""
+
+    report: AdapterReport
+    state: dict[str, Any]
+    digest: str
+
+
+@dataclass(frozen=True)
 class Emitted:
     record: Record
     image_bytes: bytes | None
@@ -89,6 +117,19 @@ class AdapterReport:
     excluded_items: list[ItemNote] = field(default_factory=list)
     quarantined_items: list[ItemNote] = field(default_factory=list)
     notes: dict[str, JsonValue] = field(default_factory=dict)
+
+    def absorb(self, other: AdapterReport) -> None:
+        """Add the counts of `other` (a unit's report) to this one."""
+        self.input_items += other.input_items
+        self.records += other.records
+        self.excluded.update(other.excluded)
+        self.quarantined.update(other.quarantined)
+        for name, counter in other.unmapped.items():
+            self.unmapped.setdefault(name, Counter()).update(counter)
+        self.flags.update(other.flags)
+        self.excluded_items += other.excluded_items
+        self.quarantined_items += other.quarantined_items
+        self.notes.update(other.notes)
 
     def reconciles(self) -> bool:
         accounted = self.records + sum(self.excluded.values()) + sum(self.quarantined.values())
@@ -156,6 +197,7 @@ class ImageProbe:
     perceptual_hash: str
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii.gz", ".nii", ".dcm")
 _BITS_BY_MODE = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "CMYK": 8, "I;16": 16, "I;16B": 16}
 
 
@@ -216,6 +258,9 @@ class Adapter(ABC):
     homepage: ClassVar[str]
     citation: ClassVar[str]  # BibTeX
     access: ClassVar[str]  # how a user obtains the files
+    # Attributes that processing items adds to (Counter, set, int): summed over units by `absorb`.
+    unit_state: ClassVar[tuple[str, ...]] = ()
+    unit_items: ClassVar[int] = 256  # items per unit, for adapters that cut ranges
 
     def __init__(
         self,
@@ -236,6 +281,7 @@ class Adapter(ABC):
         self.max_json_bytes = max_json_bytes
         self.max_archive_members = max_archive_members
         self.report = AdapterReport(source=self.name.value)
+        self._read_images: list[str] = []  # key and sha256 of every image probed, for `delta()`
 
     # --- what an adapter declares -------------------------------------------------------------
     @abstractmethod
@@ -279,17 +325,110 @@ class Adapter(ABC):
     def check_scope(self, item: SourceItem, ctx: MappingContext) -> None:  # noqa: B027 - optional hook
         """Raise ExcludeItem for out-of-scope items before any image is read."""
 
+    # --- work units (override to split a source; the default is one unit of every item) ----------
+    def units(self) -> list[WorkUnit]:
+        """Independent units of the discovered items, in a deterministic order."""
+        return [WorkUnit(0, "all")]
+
+    def items_of(self, unit: WorkUnit) -> Iterator[SourceItem]:
+        """The items of one unit; together the units hold every item of `items()` once."""
+        return self.items()
+
+    def unit_inputs(self, unit: WorkUnit) -> list[Path]:
+        """The files a unit reads beyond discovery (for resume keys); default: its items' images."""
+        if self.images is None or self.metadata_only:
+            return []
+        return [self.images / item.image_path for item in self.items_of(unit) if item.image_path]
+
+    def unit_checksum(self, unit: WorkUnit) -> str:
+        """Known before the unit runs (a resume key): name, size and mtime of every file it reads."""
+        digest = hashlib.sha256()
+        for path in self.unit_inputs(unit):
+            try:
+                stat = path.stat()
+                digest.update(f"{path.name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode(errors="surrogateescape"))
+            except OSError:
+                digest.update(f"{path.name}\tmissing\n".encode(errors="surrogateescape"))
+        return f"stat:{digest.hexdigest()}"
+
+    def source_checksum(self) -> str:
+        """Content hash of the inputs read in discovery (tables, annotation files), after `discover()`.
+        Default: the root file, or every file under the root folder except images and hidden folders.
+        Image bytes are not read here: each unit hashes the images it reads (`UnitDelta.digest`)."""
+        digest = hashlib.sha256()
+        files = [self.root] if self.root.is_file() else sorted(
+            p for p in self.root.rglob("*")
+            if p.is_file() and not p.name.endswith(IMAGE_SUFFIXES)
+            and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+        )
+        for path in files:
+            name = path.name if path == self.root else path.relative_to(self.root).as_posix()
+            with path.open("rb") as handle:
+                line = f"{name}\t{hashlib.file_digest(handle, 'sha256').hexdigest()}\n"
+            digest.update(line.encode(errors="surrogateescape"))
+        return digest.hexdigest()
+
+    def finish(self) -> None:  # noqa: B027 - optional hook
+        """Called once every unit is absorbed: write notes that depend on all items."""
+
+    def range_units(self, count: int, label: str) -> list[WorkUnit]:
+        """Units of `unit_items` consecutive items each (item numbers 1-based in keys)."""
+        step = self.unit_items
+        return [
+            WorkUnit(i, f"{label} {start + 1}-{min(start + step, count)}", start, min(start + step, count),
+                     size=min(step, count - start))
+            for i, start in enumerate(range(0, count, step))
+        ]
+
+    def unit_worker(self) -> Adapter:
+        """A copy that shares the discovered state and counts into a fresh report and `unit_state`."""
+        worker = copy.copy(self)
+        worker.report = AdapterReport(source=self.name.value)
+        worker._read_images = []
+        for name in self.unit_state:
+            setattr(worker, name, type(getattr(self, name))())
+        return worker
+
+    def run_unit(
+        self, unit: WorkUnit, exclude: RecordFilter | None = None, tick: Callable[[], object] | None = None
+    ) -> Iterator[Emitted]:
+        """Process one unit (call on a `unit_worker()`); `delta()` then holds what it added."""
+        for item in self.items_of(unit):
+            emitted = self._process(item, exclude)
+            if tick is not None:
+                tick()
+            if emitted is not None:
+                yield emitted
+
+    def delta(self) -> UnitDelta:
+        digest = hashlib.sha256("".join(self._read_images).encode(errors="surrogateescape")).hexdigest()
+        return UnitDelta(self.report, {name: getattr(self, name) for name in self.unit_state}, digest)
+
+    def absorb(self, delta: UnitDelta) -> None:
+        """Add a unit's counts and state to this adapter (in unit order)."""
+        self.report.absorb(delta.report)
+        for name, value in delta.state.items():
+            mine = getattr(self, name)
+            if isinstance(mine, Counter):
+                mine.update(value)
+            elif isinstance(mine, set):
+                mine |= set(value)
+            else:
+                setattr(self, name, mine + value)
+
     # --- what the base does ---------------------------------------------------------------------
     def run(self, *, progress: bool = False, exclude: RecordFilter | None = None) -> Iterator[Emitted]:
-        """Yield one Emitted per record; fill `self.report` as it goes.
+        """Yield one Emitted per record, unit after unit; fill `self.report` as it goes.
 
         `exclude(record)` may return a reason to exclude a valid record (e.g. a license policy).
         """
         self.discover()
-        for item in tqdm(self.items(), desc=f"{self.name.value}", unit=" items", disable=not progress):
-            emitted = self._process(item, exclude)
-            if emitted is not None:
-                yield emitted
+        with tqdm(desc=f"{self.name.value}", unit=" items", disable=not progress) as bar:
+            for unit in self.units():
+                worker = self.unit_worker()
+                yield from worker.run_unit(unit, exclude, tick=bar.update)
+                self.absorb(worker.delta())
+        self.finish()
 
     def _process(self, item: SourceItem, exclude: RecordFilter | None = None) -> Emitted | None:
         self.report.input_items += 1
@@ -325,5 +464,6 @@ class Adapter(ABC):
             return None, None
         data = self.read_image(item)
         probe = probe_image(data, self.max_image_pixels)
+        self._read_images.append(f"{item.key}\t{probe.sha256}\n")  # the hash probe_image made
         return data, image_ref(item.image_path, probe)
 

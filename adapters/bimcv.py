@@ -29,6 +29,7 @@ from covid_cxr_unified.adapters.base import (
     MappingContext,
     QuarantineItem,
     SourceItem,
+    WorkUnit,
 )
 from covid_cxr_unified.adapters.bimcv_tables import (
     DiagnosticTest,
@@ -139,6 +140,7 @@ def mids_path(name: str) -> str | None:
 
 class BimcvAdapter(Adapter):
     name: ClassVar[Source] = Source.BIMCV
+    unit_state: ClassVar[tuple[str, ...]] = ("_recorded", "_roi_attached")
     version: ClassVar[str] = "1.0.0"
     title: ClassVar[str] = "BIMCV COVID-19+ (BIMCV-COVID19, positive partition)"
     homepage: ClassVar[str] = "https://bimcv.cipf.es/bimcv-projects/bimcv-covid19/"
@@ -164,6 +166,7 @@ class BimcvAdapter(Adapter):
         self._small: dict[str, bytes] = {}  # archive mode: the bytes of every non-image member
         self._unread: dict[str, int] = {}  # archive mode: size of members over their limit, left unread
         self._archives: list[Path] = []
+        self._verified: dict[str, str] = {}  # archive mode: archive name -> sha1 verified in discovery
         self._current: tuple[str, bytes | None, int] | None = None  # archive mode: image, bytes, size
         self._meta = ""
         self._participants: dict[str, Participant] = {}
@@ -224,6 +227,7 @@ class BimcvAdapter(Adapter):
         differing: list[JsonValue] = []
         for archive in self._archives:
             verify_sha1(archive, sums)
+            self._verified[archive.name] = sums[archive.name]
             members = set()
             members_of = iter_archive(archive, lambda n: not _is_image(n), self.max_archive_members, self._json_limit)
             for name, member, data in members_of:
@@ -412,16 +416,61 @@ class BimcvAdapter(Adapter):
 
     # --- items -----------------------------------------------------------------------------------
     def items(self) -> Iterator[SourceItem]:
+        for unit in self.units():
+            yield from self.items_of(unit)
+        self._write_notes()
+
+    def units(self) -> list[WorkUnit]:
+        """Archive mode: one unit per archive holding images; tree mode: runs of whole subjects of
+        about `unit_items` images. Last: the duplicate images and unreadable ROIs."""
+        units: list[WorkUnit] = []
         if self._archives:
-            yield from self._archive_items()
+            for archive in self._archives:
+                size = sum(1 for located in self._images.values() if located.archive == archive.name)
+                if size:
+                    units.append(WorkUnit(len(units), f"archive {archive.name}", archive=archive.name, size=size))
         else:
-            for path, located in sorted(self._images.items()):
-                yield self._image_item(path, located)
-        for name, located in sorted(self._duplicates.items()):
-            yield SourceItem(key=name, source_file=located.name, row=None, fields={"kind": "duplicate image"})
-        for name, why in self._bad_rois:
-            yield SourceItem(key=name, source_file=name, row=None, fields={"kind": "roi", "error": why})
+            paths, start = sorted(self._images), 0
+            for stop in range(1, len(paths) + 1):
+                last = stop == len(paths)
+                if last or (stop - start >= self.unit_items and _sub(paths[stop]) != _sub(paths[stop - 1])):
+                    key = f"subjects {_sub(paths[start])}..{_sub(paths[stop - 1])}"
+                    units.append(WorkUnit(len(units), key, start, stop, size=stop - start))
+                    start = stop
+        extra = len(self._duplicates) + len(self._bad_rois)
+        return [*units, WorkUnit(len(units), "duplicate images and unreadable ROIs", size=extra)]
+
+    def items_of(self, unit: WorkUnit) -> Iterator[SourceItem]:
+        if unit.archive is not None:
+            yield from self._archive_items(unit.archive)
+        elif unit.stop > unit.start:
+            for path in sorted(self._images)[unit.start : unit.stop]:
+                yield self._image_item(path, self._images[path])
+        else:
+            for name, located in sorted(self._duplicates.items()):
+                yield SourceItem(key=name, source_file=located.name, row=None, fields={"kind": "duplicate image"})
+            for name, why in self._bad_rois:
+                yield SourceItem(key=name, source_file=name, row=None, fields={"kind": "roi", "error": why})
         self._current = None
+
+    def unit_inputs(self, unit: WorkUnit) -> list[Path]:
+        if unit.archive is not None:
+            return [self.root / unit.archive]
+        return [self.root / self._images[path].name for path in sorted(self._images)[unit.start : unit.stop]]
+
+    def unit_checksum(self, unit: WorkUnit) -> str:
+        """An archive's sha1, verified against sha1sums.txt in discovery; else the files' sizes and times."""
+        if unit.archive is not None:
+            return f"sha1:{self._verified[unit.archive]}"
+        return super().unit_checksum(unit)
+
+    def source_checksum(self) -> str:
+        if self._archives:
+            listing = "".join(f"{name} {sha1}\n" for name, sha1 in sorted(self._verified.items()))
+            return hashlib.sha256(listing.encode(errors="surrogateescape")).hexdigest()
+        return super().source_checksum()
+
+    def finish(self) -> None:
         self._write_notes()
 
     def _image_item(self, path: str, located: _Located) -> SourceItem:
@@ -433,25 +482,24 @@ class BimcvAdapter(Adapter):
             image_path=path,
         )
 
-    def _archive_items(self) -> Iterator[SourceItem]:
-        wanted = {located.name: path for path, located in self._images.items()}
+    def _archive_items(self, archive_name: str) -> Iterator[SourceItem]:
+        """The images of one archive in member order, then those gone since discovery (missing)."""
+        wanted = {located.name: path for path, located in self._images.items() if located.archive == archive_name}
         yielded: set[str] = set()
-        for archive in self._archives:
-            if not any(located.archive == archive.name for located in self._images.values()):
-                continue
-            def want(name: str) -> bool:
-                return not self.metadata_only and name.endswith(".png") and name in wanted
 
-            members_of = iter_archive(archive, want, self.max_archive_members, self._image_limit)
-            for name, member, data in members_of:
-                path = wanted.get(name)
-                if path is None or self._images[path].archive != archive.name:
-                    continue
-                self._current = (path, data, member.size)
-                yielded.add(path)
-                yield self._image_item(path, self._images[path])
+        def want(name: str) -> bool:
+            return not self.metadata_only and name.endswith(".png") and name in wanted
+
+        members_of = iter_archive(self.root / archive_name, want, self.max_archive_members, self._image_limit)
+        for name, member, data in members_of:
+            path = wanted.get(name)
+            if path is None:
+                continue
+            self._current = (path, data, member.size)
+            yielded.add(path)
+            yield self._image_item(path, self._images[path])
         self._current = None
-        for path in sorted(set(self._images) - yielded):  # gone since discovery: quarantined as missing
+        for path in sorted(set(wanted.values()) - yielded):  # gone since discovery: quarantined as missing
             yield self._image_item(path, self._images[path])
 
     def read_image(self, item: SourceItem) -> bytes:
@@ -860,6 +908,10 @@ def _covid19(tests: list[Covid19Evidence], report: Covid19Evidence | None) -> Co
 
 def _is_image(name: str) -> bool:
     return name.endswith((".png", ".nii.gz")) and mids_path(name) is not None
+
+
+def _sub(path: str) -> str:
+    return path.split("/")[0]
 
 
 def _stem(path: str) -> str:

@@ -22,6 +22,7 @@ from covid_cxr_unified.adapters.base import (
     MappingContext,
     QuarantineItem,
     SourceItem,
+    WorkUnit,
 )
 from covid_cxr_unified.adapters.urls import scrubbed
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
@@ -214,7 +215,8 @@ class Ieee8023Adapter(Adapter):
         self.metadata = metadata
         self.generation = ""
         self._sexes_by_patient: dict[str, set[str]] = {}
-        self._seen_filenames: set[str] = set()
+        self._metadata_sha256 = ""
+        self._duplicate_rows: set[int] = set()  # rows repeating the filename of an earlier in-scope row
         self._lines: list[list[str]] = []
         self._ends: list[int] = []
 
@@ -249,11 +251,28 @@ class Ieee8023Adapter(Adapter):
                 f"{','.join(header)}"
             )
         self.generation = next(g.name for g in GENERATIONS if g.marker in self.header)
-        self.release = f"{self.generation}; metadata.csv sha256:{hashlib.sha256(data).hexdigest()[:16]}"
+        self._metadata_sha256 = hashlib.sha256(data).hexdigest()
+        self.release = f"{self.generation}; metadata.csv sha256:{self._metadata_sha256[:16]}"
         self._raw_header = header
         self._lines = lines
         self._ends = ends
         self._sexes_by_patient = self._sexes_per_patient()
+        self._duplicate_rows = self._find_duplicate_rows()
+
+    def _find_duplicate_rows(self) -> set[int]:
+        """Done in discovery so that any range of rows can be processed alone."""
+        seen: set[str] = set()
+        duplicates: set[int] = set()
+        for item in self.items():
+            try:
+                self._check_row(item)
+            except (ExcludeItem, QuarantineItem):
+                continue
+            filename = self._column(item, "filename")
+            if filename in seen:
+                duplicates.add(item.row or 0)
+            seen.add(filename)
+        return duplicates
 
     def _sexes_per_patient(self) -> dict[str, set[str]]:
         sexes: dict[str, set[str]] = defaultdict(set)
@@ -266,7 +285,19 @@ class Ieee8023Adapter(Adapter):
         return dict(sexes)
 
     def items(self) -> Iterator[SourceItem]:
-        for number, line in enumerate(self._lines, start=1):
+        return self._rows(0, len(self._lines))
+
+    def units(self) -> list[WorkUnit]:
+        return self.range_units(len(self._lines), "rows")
+
+    def source_checksum(self) -> str:
+        return self._metadata_sha256
+
+    def items_of(self, unit: WorkUnit) -> Iterator[SourceItem]:
+        return self._rows(unit.start, unit.stop)
+
+    def _rows(self, start: int, stop: int) -> Iterator[SourceItem]:
+        for number, line in enumerate(self._lines[start:stop], start=start + 1):
             fields: dict[str, JsonValue]
             if len(line) == len(self.header):
                 fields = dict(zip(self._raw_header, line, strict=True))
@@ -291,6 +322,11 @@ class Ieee8023Adapter(Adapter):
         return value if isinstance(value, str) else ""
 
     def check_scope(self, item: SourceItem, ctx: MappingContext) -> None:
+        self._check_row(item)
+        if item.row in self._duplicate_rows:
+            raise QuarantineItem("duplicate filename")
+
+    def _check_row(self, item: SourceItem) -> None:
         if "_malformed_fields" in item.fields:
             n = len(item.fields["_malformed_fields"])  # type: ignore[arg-type]
             where = item.fields["_lines"]
@@ -307,9 +343,6 @@ class Ieee8023Adapter(Adapter):
             raise QuarantineItem("filename missing")
         if not cell(item, "patientid").strip():
             raise QuarantineItem("patientid missing")
-        if cell(item, "filename") in self._seen_filenames:
-            raise QuarantineItem("duplicate filename")
-        self._seen_filenames.add(cell(item, "filename"))
 
     def _modality_raw(self, item: SourceItem) -> str:
         raw = self._column(item, "modality").strip()

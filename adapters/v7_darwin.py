@@ -8,6 +8,7 @@ only when the image is linked to its ieee8023 row.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from covid_cxr_unified.adapters.base import (
     MappingContext,
     QuarantineItem,
     SourceItem,
+    WorkUnit,
 )
 from covid_cxr_unified.adapters.ieee8023 import LICENSES as IEEE8023_LICENSES
 from covid_cxr_unified.adapters.ieee8023 import PLAUSIBLE_RANGES
@@ -203,6 +205,7 @@ class Link:
 
 class V7DarwinAdapter(Adapter):
     name: ClassVar[Source] = Source.V7_DARWIN
+    unit_state: ClassVar[tuple[str, ...]] = ("_masks", "_rejected", "_repaired", "_annotations_seen")
     version: ClassVar[str] = "1.0.0"
     title: ClassVar[str] = "V7 Labs COVID-19 chest X-ray dataset (lung segmentations)"
     homepage: ClassVar[str] = "https://github.com/v7labs/covid-19-xray-dataset"
@@ -286,7 +289,19 @@ class V7DarwinAdapter(Adapter):
 
     # --- items ---------------------------------------------------------------------------------
     def items(self) -> Iterator[SourceItem]:
-        for key, image in self._images.items():
+        return self._items(0, len(self._images))
+
+    def units(self) -> list[WorkUnit]:
+        return self.range_units(len(self._images), "images")
+
+    def items_of(self, unit: WorkUnit) -> Iterator[SourceItem]:
+        return self._items(unit.start, unit.stop)
+
+    def finish(self) -> None:
+        self._note_annotations()
+
+    def _items(self, start: int, stop: int) -> Iterator[SourceItem]:
+        for key, image in itertools.islice(self._images.items(), start, stop):
             with_image = self.images is not None and not self.metadata_only and image.error is None
             yield SourceItem(
                 key=key,
