@@ -1,21 +1,38 @@
 """The build: sources -> validated records -> Parquet shards per config and split -> card + report.
 
 Three streaming passes with bounded memory:
-1. each adapter's records are validated, filtered by the license policy and spooled to Parquet, while
-   the few keys grouping needs (ids, links, picture hashes) are kept in memory;
+1. each adapter is discovered, its items are cut into work units (row ranges, image ranges, subjects,
+   archives) and every unit is validated, filtered by the license policy and spooled to its own
+   Parquet shard — in this process, a process pool (`num_proc`) or on Dask (`engine="dask"`) — while
+   the few keys grouping needs (ids, links, picture hashes) come back to be merged in unit order;
 2. records are grouped (patients, cross-source links, id map, duplicate pictures) and each group gets
    a split by a keyed hash of its stable key;
 3. the spools are routed into `data/<source>/<split>-*.parquet` and the `all` config, where an image
    several sources describe becomes one record; then the split guard checks the written folder and a
    leaking build is refused.
+
+Crash safety: everything is written to `.<out>.partial` beside the output and swapped in with one
+atomic rename exchange (Linux `renameat2(RENAME_EXCHANGE)`; elsewhere two renames, where a crash in
+between leaves no output rather than a partial one). A build killed before the swap leaves the
+previous output untouched; its finished units stay in the staging folder and the next build with the
+same inputs, options and code reuses them (`resume=True`, the default).
+
+Determinism: units are merged in unit order, never completion order, so any `num_proc` or engine
+gives the same bytes. The fingerprint is a content hash of the inputs and the code version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
+import ctypes.util
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +41,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from covid_cxr_unified.adapters import adapter_class
 from covid_cxr_unified.adapters.base import Adapter, AdapterReport
@@ -32,19 +50,29 @@ from covid_cxr_unified.adapters.limits import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_JSON_BYTES,
 )
-from covid_cxr_unified.harmonize import __version__
 from covid_cxr_unified.harmonize.card import render_attribution, render_card, render_license_file
 from covid_cxr_unified.harmonize.croissant import write_croissant
+from covid_cxr_unified.harmonize.engine import (
+    Engine,
+    RunSettings,
+    UnitJob,
+    UnitResult,
+    UnitStats,
+    checkpoint,
+    code_version,
+    run_jobs,
+    unit_resume_key,
+)
 from covid_cxr_unified.harmonize.errors import BuildError
-from covid_cxr_unified.harmonize.features import FEATURES, canonical_json, record_to_row
+from covid_cxr_unified.harmonize.features import FEATURES, canonical_json
 from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, Grouping, RecordKeys, group_records
 from covid_cxr_unified.harmonize.guards import GuardReport, verify_splits
-from covid_cxr_unified.harmonize.license_policy import LicensePolicy, record_permitted
+from covid_cxr_unified.harmonize.license_policy import LicensePolicy
 from covid_cxr_unified.harmonize.report import write_report
-from covid_cxr_unified.harmonize.shards import DEFAULT_SHARD_BYTES, ShardWriter, file_sha256
+from covid_cxr_unified.harmonize.shards import DEFAULT_SHARD_BYTES, ShardWriter
 from covid_cxr_unified.harmonize.splits import DEFAULT_SPLIT_KEY, SPLITS, SplitRatios, assign_split
 from covid_cxr_unified.harmonize.visuals import render_card_figures
-from covid_cxr_unified.schema.record import SCHEMA_VERSION, Record
+from covid_cxr_unified.schema.record import SCHEMA_VERSION
 from covid_cxr_unified.schema.vocab import Source
 
 DEFAULT_OUT = Path("covid_cxr_unified")
@@ -74,6 +102,10 @@ class BuildOptions:
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
     max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
     progress: bool = True
+    num_proc: int = 1  # worker processes for the units (1: this process)
+    engine: Engine = Engine.LOCAL
+    scheduler: str | None = None  # Dask scheduler address; None: a LocalCluster of num_proc workers
+    resume: bool = True  # reuse the finished units of an interrupted build with the same inputs and code
 
 
 @dataclass
@@ -96,6 +128,9 @@ class BuildResult:
     fingerprint: str
     guard: GuardReport
     grouping: Grouping
+    # Seconds per step and unit counts: kept out of the build folder, which is byte-identical across runs.
+    timings: dict[str, float] = field(default_factory=dict)
+    units: UnitStats = field(default_factory=UnitStats)
 
 
 @dataclass
@@ -103,7 +138,7 @@ class _Spooled:
     """Pass-1 output of one source."""
 
     adapter: Adapter
-    spool: Path
+    spools: list[Path] = field(default_factory=list)  # one shard per unit with records, in unit order
     keys: list[RecordKeys] = field(default_factory=list)
     same_image: dict[str, tuple[str, ...]] = field(default_factory=dict)
     licenses: Counter[str] = field(default_factory=Counter)
@@ -126,101 +161,213 @@ def build(specs: Sequence[SourceSpec], options: BuildOptions) -> BuildResult:
     """Build every source into `options.out`, replacing a previous build only when this one succeeds."""
     if not specs:
         raise BuildError("nothing to build: give at least one source, e.g. --ieee8023 PATH")
+    if options.num_proc < 1:
+        raise BuildError(f"num_proc must be at least 1, not {options.num_proc}")
     out = options.out.resolve()
     _check_replaceable(out)
     id_map = _read_id_map(options.id_map) if options.id_map else []
     staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
     try:
-        staging.mkdir(parents=True)
-        result = _build_in(staging, specs, options, id_map)
-        _swap_in(staging, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(out.parent / f".{out.name}.lock", out):
+            _prepare_staging(staging, options.resume)
+            try:
+                result = _build_in(staging, specs, options, id_map)
+            except Exception:
+                shutil.rmtree(staging / "data", ignore_errors=True)  # finished unit spools stay, for a rerun
+                raise
+            started = time.perf_counter()
+            checkpoint("before-swap")
+            _swap_in(staging, out)
+            result.timings["swap in"] = time.perf_counter() - started
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise BuildError(f"cannot write the build at {out}: {exc.strerror or exc}{where}") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     result.out = out
     return result
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path, out: Path) -> Iterator[None]:
+    """One build at a time per output folder (the lock file stays; it is empty and hidden)."""
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildError(f"another build is writing {out}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _prepare_staging(staging: Path, resume: bool) -> None:
+    """An empty staging folder; with `resume`, the unit spools of an interrupted build are kept."""
+    if staging.is_dir() and resume:
+        for child in staging.iterdir():
+            if child.name == "spool":
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True, exist_ok=True)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
 
 
 def _build_in(
     staging: Path, specs: Sequence[SourceSpec], options: BuildOptions, id_map: list[tuple[str, str]]
 ) -> BuildResult:
+    timer = _Timer()
     paths = {spec.source: spec.path for spec in specs}
-    spooled = [
-        _spool_source(make_adapter(spec, options, paths), staging, options)
-        for spec in sorted(specs, key=lambda s: s.source)
-    ]
+    adapters = [make_adapter(spec, options, paths) for spec in sorted(specs, key=lambda s: s.source)]
+    with timer.step("discover"):
+        for adapter in tqdm(adapters, desc="discover", unit=" sources", disable=not options.progress):
+            adapter.discover()
+    with timer.step("pass 1: units"):
+        spooled, stats, inputs = _run_units(adapters, staging, options, id_map)
     keys = [key for s in spooled for key in s.keys]
-    grouping = group_records(keys, id_map, options.near_duplicate_bits)
-    split_of = _assign_splits(keys, grouping, options)
-    _write_manifest(staging / "splits" / "groups.jsonl", keys, grouping, split_of)
-    configs = [_write_source_config(s, split_of, staging, options) for s in spooled]
-    configs.append(_write_all_config(spooled, configs, split_of, staging, options))
+    with timer.step("pass 2: groups and splits"):
+        grouping = group_records(keys, id_map, options.near_duplicate_bits)
+        split_of = _assign_splits(keys, grouping, options)
+        _write_manifest(staging / "splits" / "groups.jsonl", keys, grouping, split_of)
+    checkpoint("before-route")
+    with timer.step("pass 3: route shards"):
+        configs = [_write_source_config(s, split_of, staging, options) for s in spooled]
+        configs.append(_write_all_config(spooled, configs, split_of, staging, options))
     shutil.rmtree(staging / "spool")
-    guard = verify_splits(staging, options.near_duplicate_bits)
-    guard.raise_for_leaks()
-    fingerprint = _fingerprint(staging, configs)
-    write_report(staging, configs, fingerprint, guard, grouping)
-    figures = {c.name: render_card_figures(staging, c.name, shards=c.shards) for c in configs}
-    (staging / "README.md").write_text(render_card(configs, fingerprint, guard, figures), encoding="utf-8")
-    write_croissant(staging, data_files={c.name: c.shards for c in configs})
-    (staging / "LICENSE.md").write_text(render_license_file(configs), encoding="utf-8")
-    credits = sorted(credit for s in spooled for credit in s.credits)
-    (staging / "ATTRIBUTION.md").write_text(render_attribution(credits), encoding="utf-8")
-    return BuildResult(out=staging, configs=configs, fingerprint=fingerprint, guard=guard, grouping=grouping)
-
-
-# --- pass 1: validate, filter, spool ---------------------------------------------------------------
-
-
-def _policy_filter(policy: LicensePolicy) -> Any:
-    if policy is LicensePolicy.ANY:
-        return None
-
-    def exclude(record: Record) -> str | None:
-        return None if record_permitted(record, policy) else f"license policy '{policy.value}': not granted"
-
-    return exclude
-
-
-def _spool_source(adapter: Adapter, staging: Path, options: BuildOptions) -> _Spooled:
-    name = adapter.name.value
-    writer = ShardWriter(staging / "spool", name, max_shard_bytes=2**62)
-    spooled = _Spooled(adapter=adapter, spool=staging / "spool")
-    for emitted in adapter.run(progress=options.progress, exclude=_policy_filter(options.license_policy)):
-        record = emitted.record
-        writer.write(record_to_row(record, emitted.image_bytes))
-        spooled.keys.append(_keys_of(record))
-        same = tuple(link.record_id for link in record.links if link.relation == "same_image")
-        if same:
-            spooled.same_image[record.record_id] = same
-        spooled.licenses[record.license.license_id] += 1
-        spooled.credits.append((record.record_id, record.license.license_id, record.license.attribution or ""))
-    paths = writer.close()
-    spooled.spool = paths[0] if paths else staging / "spool" / f"{name}-empty"
-    return spooled
-
-
-def _keys_of(record: Record) -> RecordKeys:
-    image = record.image
-    return RecordKeys(
-        record_id=record.record_id,
-        source=record.source.value,
-        patient_id=record.patient.patient_id,
-        linked_patients=tuple(link.patient_id for link in record.links if link.patient_id),
-        file_sha256=None if image is None else image.sha256,
-        pixel_sha256=None if image is None else image.pixel_sha256,
-        phash=None if image is None else image.perceptual_hash,
+    checkpoint("before-guard")
+    with timer.step("split guard"):
+        guard = verify_splits(staging, options.near_duplicate_bits)
+        guard.raise_for_leaks()
+    fingerprint = _fingerprint(inputs)
+    with timer.step("report"):
+        write_report(staging, configs, fingerprint, guard, grouping)
+    with timer.step("card figures"):
+        figures = {
+            c.name: render_card_figures(staging, c.name, shards=c.shards)
+            for c in tqdm(configs, desc="card figures", unit=" configs", disable=not options.progress)
+        }
+    with timer.step("card, croissant, licenses"):
+        (staging / "README.md").write_text(render_card(configs, fingerprint, guard, figures), encoding="utf-8")
+        write_croissant(staging, data_files={c.name: c.shards for c in configs})
+        (staging / "LICENSE.md").write_text(render_license_file(configs), encoding="utf-8")
+        credits = sorted(credit for s in spooled for credit in s.credits)
+        (staging / "ATTRIBUTION.md").write_text(render_attribution(credits), encoding="utf-8")
+    return BuildResult(
+        out=staging,
+        configs=configs,
+        fingerprint=fingerprint,
+        guard=guard,
+        grouping=grouping,
+        timings=timer.timings,
+        units=stats,
     )
 
 
-def _spool_batches(spool: Path) -> Iterator[pa.Table]:
-    if not spool.is_file():
-        return
-    for batch in pq.ParquetFile(spool).iter_batches(batch_size=_BATCH_ROWS):
-        yield pa.Table.from_batches([batch])
+# --- pass 1: units -> validate, filter, spool --------------------------------------------------------
+
+
+def _options_digest(options: BuildOptions, id_map: list[tuple[str, str]]) -> str:
+    """Every option that changes the build's bytes (not out, progress, num_proc, engine or resume)."""
+    chosen = {
+        "metadata_only": options.metadata_only,
+        "ratios": [options.ratios.train, options.ratios.validation, options.ratios.test],
+        "split_key": hashlib.sha256(options.split_key.encode()).hexdigest(),
+        "license_policy": options.license_policy.value,
+        "id_map": id_map,
+        "near_duplicate_bits": options.near_duplicate_bits,
+        "max_shard_bytes": options.max_shard_bytes,
+        "max_image_pixels": options.max_image_pixels,
+        "max_json_bytes": options.max_json_bytes,
+        "max_archive_members": options.max_archive_members,
+    }
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+
+
+def _run_units(
+    adapters: list[Adapter], staging: Path, options: BuildOptions, id_map: list[tuple[str, str]]
+) -> tuple[list[_Spooled], UnitStats, list[str]]:
+    """Run every unit of every source and merge the results in unit order. Also returns the lines the
+    fingerprint hashes: code version, options, each source's table checksum, each unit's image digest."""
+    checksums = {adapter.name.value: adapter.source_checksum() for adapter in adapters}
+    inputs = [f"code {code_version()} schema {SCHEMA_VERSION}", f"options {_options_digest(options, id_map)}"]
+    inputs += [f"source {name} {checksum}" for name, checksum in sorted(checksums.items())]
+    context = "\n".join(inputs)
+    jobs: list[UnitJob] = []
+    units: dict[str, list[UnitJob]] = {}
+    for adapter in adapters:
+        name = adapter.name.value
+        folder = staging / "spool" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        units[name] = [
+            UnitJob(name, unit, str(folder), unit_resume_key(context, name, unit, adapter.unit_checksum(unit)))
+            for unit in adapter.units()
+        ]
+        jobs += units[name]
+    _remove_stale_spools(staging / "spool", units)
+    stats = UnitStats()
+    settings = RunSettings(
+        policy=options.license_policy,
+        num_proc=options.num_proc,
+        engine=Engine(options.engine),
+        scheduler=options.scheduler,
+        progress=options.progress,
+    )
+    results = run_jobs({a.name.value: a for a in adapters}, jobs, settings, stats)
+    spooled = []
+    for adapter in adapters:
+        name = adapter.name.value
+        one = _Spooled(adapter=adapter)
+        for job in units[name]:
+            result = results[(name, job.unit.index)]
+            _merge(one, result)
+            adapter.absorb(result.delta)
+            inputs.append(f"unit {name} {job.unit.key} {result.delta.digest}")
+        adapter.finish()
+        spooled.append(one)
+    return spooled, stats, inputs
+
+
+def _merge(spooled: _Spooled, result: UnitResult) -> None:
+    if result.spool is not None:
+        spooled.spools.append(result.spool)
+    spooled.keys += result.keys
+    spooled.same_image.update(result.same_image)
+    spooled.licenses.update(result.licenses)
+    spooled.credits += result.credits
+
+
+def _remove_stale_spools(spool: Path, units: dict[str, list[UnitJob]]) -> None:
+    """Spool files of sources or units this build does not have (an earlier build of other inputs)."""
+    for folder in spool.iterdir() if spool.is_dir() else ():
+        if folder.name not in units:
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        known = {f"{job.unit.index:05d}" for job in units[folder.name]}
+        for path in folder.iterdir():
+            if path.name[:5] not in known:
+                path.unlink()
+
+
+def _spool_batches(spools: list[Path]) -> Iterator[pa.Table]:
+    for spool in spools:
+        for batch in pq.ParquetFile(spool).iter_batches(batch_size=_BATCH_ROWS):
+            yield pa.Table.from_batches([batch])
 
 
 # --- pass 2: groups and splits ---------------------------------------------------------------------
@@ -282,8 +429,10 @@ def _write_source_config(
 ) -> ConfigResult:
     name = spooled.adapter.name.value
     writers = _split_writers(staging, name, options)
-    for table in _spool_batches(spooled.spool):
-        _route(table, split_of, writers)
+    with tqdm(total=len(spooled.keys), desc=f"route {name}", unit=" records", disable=not options.progress) as bar:
+        for table in _spool_batches(spooled.spools):
+            _route(table, split_of, writers)
+            bar.update(table.num_rows)
     counts, sizes, shards = _close(writers, staging)
     return ConfigResult(name, counts, sizes, shards, spooled.licenses, spooled.adapter.report)
 
@@ -305,11 +454,12 @@ def _secondary_rows(spooled: list[_Spooled], secondaries: set[str]) -> dict[str,
     columns = ["record_id", "source", "patient_id", "masks", "provenance"]
     rows: dict[str, dict[str, Any]] = {}
     for s in spooled:
-        if not s.spool.is_file() or not any(k.record_id in secondaries for k in s.keys):
+        if not any(k.record_id in secondaries for k in s.keys):
             continue
-        for row in pq.read_table(s.spool, columns=columns).to_pylist():
-            if row["record_id"] in secondaries:
-                rows[row["record_id"]] = row
+        for spool in s.spools:
+            for row in pq.read_table(spool, columns=columns).to_pylist():
+                if row["record_id"] in secondaries:
+                    rows[row["record_id"]] = row
     return rows
 
 
@@ -346,7 +496,7 @@ def _write_all_config(
     for s in spooled:
         if s.adapter.name.value not in involved:
             continue
-        for table in _spool_batches(s.spool):
+        for table in _spool_batches(s.spools):
             rows = [
                 _merged(row, [extra[r] for r in plan[row["record_id"]]]) if row["record_id"] in plan else row
                 for row in table.to_pylist()
@@ -384,12 +534,10 @@ def _read_id_map(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _fingerprint(staging: Path, configs: list[ConfigResult]) -> str:
-    digest = hashlib.sha256(f"covid-cxr-unified {__version__} schema {SCHEMA_VERSION}\n".encode())
-    shards = sorted({shard for config in configs for split in SPLITS for shard in config.shards[split]})
-    for shard in shards:
-        digest.update(f"{shard} {file_sha256(staging / shard)}\n".encode())
-    return digest.hexdigest()
+def _fingerprint(inputs: list[str]) -> str:
+    """A content hash of the inputs and the code: code version, options, each source's tables (or
+    verified archive sha1 list) and, per unit, the sha256 of every image read (hashed once, as read)."""
+    return hashlib.sha256("".join(f"{line}\n" for line in inputs).encode(errors="surrogateescape")).hexdigest()
 
 
 def _check_replaceable(out: Path) -> None:
@@ -399,10 +547,31 @@ def _check_replaceable(out: Path) -> None:
         raise BuildError(f"{out} exists and is not a covid-cxr build; choose another --out or remove it")
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 with RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0)
+
+
 def _swap_in(staging: Path, out: Path) -> None:
+    """Make `staging` the output in one step; the previous output is removed only afterwards."""
     previous = out.parent / f".{out.name}.previous"
     shutil.rmtree(previous, ignore_errors=True)
-    if out.exists():
+    if out.exists() and _exchange(staging, out):
+        checkpoint("after-swap")
+        shutil.rmtree(staging, ignore_errors=True)  # the previous build, now at the staging path
+        return
+    if out.exists():  # no atomic exchange here: a crash between the renames leaves no output, not a partial one
         out.replace(previous)
+        checkpoint("mid-swap")
     staging.replace(out)
+    checkpoint("after-swap")
     shutil.rmtree(previous, ignore_errors=True)

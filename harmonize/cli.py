@@ -80,18 +80,37 @@ def build(
     max_image_pixels: MaxPixels = None,
     max_json_bytes: MaxJson = None,
     max_archive_members: MaxMembers = None,
+    num_proc: Annotated[int, typer.Option("--num-proc", min=1, help="worker processes (the output is the same)")] = 1,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local (this machine, --num-proc processes) or dask")
+    ] = "local",
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (default: a LocalCluster)"),
+    ] = None,
+    no_resume: Annotated[
+        bool, typer.Option("--no-resume", help="redo every unit, even those an interrupted build finished")
+    ] = False,
+    timings: Annotated[
+        Path | None, typer.Option("--timings", help="write seconds per step as JSON here (not into the build)")
+    ] = None,
 ) -> None:
     """Build the Hugging Face dataset folder from the given sources.
 
-    Example: covid-cxr build --ieee8023 covid-chestxray-dataset/ --out covid_cxr_unified
+    Example: covid-cxr build --ieee8023 covid-chestxray-dataset/ --out covid_cxr_unified --num-proc 2
     """
     from covid_cxr_unified.adapters import limits
     from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec
     from covid_cxr_unified.harmonize.build import build as run_build
+    from covid_cxr_unified.harmonize.engine import Engine
     from covid_cxr_unified.harmonize.license_policy import parse_policy
     from covid_cxr_unified.harmonize.splits import SplitRatios
     from covid_cxr_unified.schema.vocab import Source
 
+    if engine not in {e.value for e in Engine}:
+        raise typer.BadParameter(f"{engine!r}: choose local or dask", param_hint="--engine")
+    if scheduler is not None and engine != Engine.DASK:
+        raise typer.BadParameter("--scheduler needs --engine dask", param_hint="--scheduler")
     try:
         given = {Source.IEEE8023: ieee8023, Source.V7_DARWIN: v7, Source.BIMCV: bimcv}
         v7_images = images if images is not None or ieee8023 is None else _ieee8023_images(ieee8023)
@@ -107,6 +126,10 @@ def build(
             max_image_pixels=max_image_pixels or limits.DEFAULT_MAX_IMAGE_PIXELS,
             max_json_bytes=max_json_bytes or limits.DEFAULT_MAX_JSON_BYTES,
             max_archive_members=max_archive_members or limits.DEFAULT_MAX_ARCHIVE_MEMBERS,
+            num_proc=num_proc,
+            engine=Engine(engine),
+            scheduler=scheduler,
+            resume=not no_resume,
         )
         result = run_build(specs, options)
     except HarmonizeError as exc:
@@ -114,6 +137,12 @@ def build(
     for config in result.configs:
         counts = ", ".join(f"{split} {n}" for split, n in config.split_counts.items())
         typer.echo(f"{config.name}: {counts}")
+    units = result.units
+    typer.echo(f"units: {units.processed} processed, {units.resumed} reused from an interrupted build")
+    typer.echo("seconds: " + ", ".join(f"{step} {seconds:.1f}" for step, seconds in result.timings.items()))
+    if timings is not None:
+        data = {"timings_s": result.timings, "units": {"processed": units.processed, "resumed": units.resumed}}
+        timings.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     typer.echo(f"wrote {result.out} (report: {result.out / 'build_report.md'})")
 
 

@@ -1,0 +1,87 @@
+"""Determinism: builds are byte-identical whatever the number of processes; the fingerprint is a
+content hash of the inputs and the code version (not of paths, file times or scheduling)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from covid_cxr_unified.adapters.base import Adapter
+from covid_cxr_unified.harmonize import build as build_module
+from covid_cxr_unified.harmonize.build import BuildOptions, BuildResult, SourceSpec, build
+from covid_cxr_unified.harmonize.synthetic.bimcv import write_bimcv
+from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
+from covid_cxr_unified.schema.vocab import Source
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[SourceSpec]:
+    monkeypatch.setattr(Adapter, "unit_items", 4)
+    ieee = write_ieee8023(tmp_path / "src" / "ieee8023", seed=4, patients=16).root
+    bimcv = write_bimcv(tmp_path / "src" / "bimcv", seed=4, archives=True).root
+    return [SourceSpec(Source.IEEE8023, ieee), SourceSpec(Source.BIMCV, bimcv)]
+
+
+def _build(specs: list[SourceSpec], out: Path, **options: object) -> BuildResult:
+    return build(specs, BuildOptions(out=out, progress=False, **options))  # type: ignore[arg-type]
+
+
+def test_builds_with_1_and_2_processes_are_byte_identical(sources: list[SourceSpec], tmp_path: Path) -> None:
+    one = _build(sources, tmp_path / "one")
+    two = _build(sources, tmp_path / "two", num_proc=2)
+    assert one.units.processed > 4
+    assert tree_digest(tmp_path / "one") == tree_digest(tmp_path / "two")
+    assert one.fingerprint == two.fingerprint
+    card = (tmp_path / "one" / "README.md").read_text()
+    assert f"build_fingerprint: {one.fingerprint}" in card
+    assert json.loads((tmp_path / "one" / "build_report.json").read_text())["fingerprint"] == one.fingerprint
+
+
+def test_fingerprint_ignores_paths_and_file_times(sources: list[SourceSpec], tmp_path: Path) -> None:
+    first = _build(sources, tmp_path / "first")
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "src", moved)
+    for path in moved.rglob("*"):
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    specs = [
+        SourceSpec(Source.IEEE8023, moved / "ieee8023"),
+        SourceSpec(Source.BIMCV, moved / "bimcv"),
+    ]
+    second = _build(specs, tmp_path / "second")
+    assert second.fingerprint == first.fingerprint
+    assert tree_digest(tmp_path / "first") == tree_digest(tmp_path / "second")
+
+
+def test_fingerprint_follows_image_bytes_and_tables(sources: list[SourceSpec], tmp_path: Path) -> None:
+    base = _build(sources, tmp_path / "base").fingerprint
+    ieee = sources[0].path
+    image = sorted((ieee / "images").glob("*.png"))[0]
+    original = image.read_bytes()
+    image.write_bytes(original + b"\0")  # same pixels, other bytes (PNG ignores trailing data)
+    assert _build(sources, tmp_path / "image").fingerprint != base
+    image.write_bytes(original)
+    assert _build(sources, tmp_path / "restored").fingerprint == base
+    metadata = ieee / "metadata.csv"
+    metadata.write_bytes(metadata.read_bytes() + b"\n")
+    assert _build(sources, tmp_path / "table").fingerprint != base
+
+
+def test_fingerprint_follows_the_code_version(
+    sources: list[SourceSpec], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _build(sources, tmp_path / "before").fingerprint
+    monkeypatch.setattr(build_module, "code_version", lambda: "0.0.0+other")
+    assert _build(sources, tmp_path / "after").fingerprint != before
