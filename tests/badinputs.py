@@ -388,6 +388,15 @@ TABLE: tuple[Row, ...] = (
             "ROI rejected: polygon lies outside the image",
         ),
     ),
+    Row(
+        "bimcv-roi-sidecar-size-negative",
+        BIMCV,
+        "metadata only: the ROI's image size comes from a sidecar saying Rows -48 (a canvas PIL refuses)",
+        rec(
+            "bimcv:sub-S03044/ses-E06138/sub-S03044_ses-E06138_run-1_bp-chest_vp-ap_cr",
+            "ROI kept out: image size unknown",
+        ),
+    ),
     Row("bimcv-roi-doctype", BIMCV, "iteration 1 ROI with a DTD", quar("ROI", "ROI unreadable", "DTD")),
     Row(
         "bimcv-roi-doctype-utf16",
@@ -407,6 +416,12 @@ TABLE: tuple[Row, ...] = (
         BIMCV,
         "a member whose name has a Latin-1 byte",
         err(SFE, "is not a UTF-8 name"),
+    ),
+    Row(
+        "bimcv-tar-sums-not-utf8",
+        BIMCV,
+        "sha1sums.txt holds a Latin-1 byte",
+        err(SFE, "sha1sums.txt is not UTF-8 text"),
     ),
     Row(
         "bimcv-tar-sha1-mismatch",
@@ -766,6 +781,16 @@ def _bimcv(
         root = folder / "bimcv"
         _write_tree(root, files)
         return CaseInput(BIMCV, root, limits=dict(limits))
+
+    return build
+
+
+def _bimcv_metadata_only(
+    mutate: Callable[[dict[str, bytes]], None], *, layout: str = "iter12"
+) -> Callable[[Path], CaseInput]:
+    def build(folder: Path) -> CaseInput:
+        case = _bimcv(mutate, layout=layout)(folder)
+        return CaseInput(BIMCV, case.path, metadata_only=True)
 
     return build
 
@@ -1161,6 +1186,13 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
             .encode("utf-16")
         )
     ),
+    "bimcv-roi-sidecar-size-negative": _bimcv_metadata_only(
+        _edit(
+            "bimcv_covid19_posi_subjects_1/sub-S03044/ses-E06138/mod-rx/sub-S03044_ses-E06138_run-1_bp-chest_vp-ap_cr.json",
+            lambda d: json.dumps({**json.loads(d), "00280010": {"vr": "US", "Value": [-48]}}).encode(),
+        ),
+        layout="iter1",
+    ),
     "bimcv-roi-doctype": _roi(lambda d: d.replace(b"?>", b'?><!DOCTYPE x [<!ENTITY a "b">]>', 1)),
     # BIMCV archives
     "bimcv-tar-absolute": _bimcv_archives(
@@ -1172,6 +1204,9 @@ BUILDERS: dict[str, Callable[[Path], CaseInput]] = {
     "bimcv-tar-device": _bimcv_archives(_add_member(_member("covid19_posi/dev", tarfile.CHRTYPE))),
     "bimcv-tar-fifo": _bimcv_archives(_add_member(_member("covid19_posi/fifo", tarfile.FIFOTYPE))),
     "bimcv-tar-non-utf8-name": _bimcv_archives(_add_member(_member("covid19_posi/caf\udce9.txt"), b"x")),
+    "bimcv-tar-sums-not-utf8": _bimcv_archives(
+        lambda root: (root / "sha1sums.txt").write_bytes((root / "sha1sums.txt").read_bytes() + b"caf\xe9\n")
+    ),
     "bimcv-tar-sha1-mismatch": _bimcv_archives(_corrupt_byte),
     "bimcv-tar-not-listed": _bimcv_archives(_unlist),
     "bimcv-tar-sums-missing": _bimcv_archives(lambda root: (root / "sha1sums.txt").unlink()),

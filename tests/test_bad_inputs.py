@@ -38,6 +38,8 @@ def _cli_args(case: CaseInput) -> list[str]:
         args += ["--images", str(case.images)]
     for path in case.related.values():
         args += ["--ieee8023", str(path)]
+    if case.metadata_only:
+        args.append("--metadata-only")
     for name, value in case.limits.items():  # max_json_bytes -> --max-json-bytes
         args += [f"--{name.replace('_', '-')}", str(value)]
     return args
