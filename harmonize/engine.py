@@ -114,7 +114,7 @@ def run_unit_job(
     """Process one unit into its spool shard and manifest; return the manifest. Runs in any process."""
     folder = Path(job.folder)
     worker = adapter.unit_worker()
-    writer = ShardWriter(folder, f"{job.unit.index:05d}", max_shard_bytes=2**62)
+    writer = ShardWriter(folder, f"{job.unit.index:05d}", max_shard_bytes=2**62, spool=True)
     keys: list[list[Any]] = []
     same_image: dict[str, list[str]] = {}
     licenses: Counter[str] = Counter()

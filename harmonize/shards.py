@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,30 @@ from covid_cxr_unified.harmonize.features import FEATURES
 
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
 _ROW_GROUP_ROWS = 100
+# Image bytes are PNG/JPEG, already compressed: stored as they are, without dictionary or statistics
+# (zstd, dictionaries and min/max over megabyte blobs cost CPU and gain nothing).
+_STORED_AS_IS = frozenset({"image.bytes"})
+
+
+@functools.cache
+def _leaf_columns() -> tuple[str, ...]:
+    buffer = io.BytesIO()
+    pq.write_table(FEATURES.arrow_schema.empty_table(), buffer)
+    schema = pq.ParquetFile(io.BytesIO(buffer.getvalue())).schema
+    return tuple(schema.column(i).path for i in range(len(schema)))
+
+
+def writer_options(spool: bool = False) -> dict[str, Any]:
+    """Parquet writer settings: zstd except for image bytes; a spool (read once, then deleted) is
+    written uncompressed."""
+    if spool:
+        return {"compression": "none", "use_dictionary": False, "write_statistics": False}
+    columns = [c for c in _leaf_columns() if c not in _STORED_AS_IS]
+    return {
+        "compression": {c: "zstd" if c in columns else "none" for c in _leaf_columns()},
+        "use_dictionary": columns,
+        "write_statistics": columns,
+    }
 
 
 class ShardWriter:
@@ -22,8 +48,11 @@ class ShardWriter:
     names get their final `-of-N` only at `close()`, when N is known.
     """
 
-    def __init__(self, folder: Path, prefix: str, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    def __init__(
+        self, folder: Path, prefix: str, max_shard_bytes: int = DEFAULT_SHARD_BYTES, *, spool: bool = False
+    ) -> None:
         self.folder = folder
+        self._options = writer_options(spool)
         self.prefix = prefix
         self.max_shard_bytes = max_shard_bytes
         self.rows = 0
@@ -61,7 +90,7 @@ class ShardWriter:
         if self._writer is None:
             path = self.folder / f"{self.prefix}-{len(self._paths):05d}.parquet.partial"
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(path, self._schema, compression="zstd")
+            self._writer = pq.ParquetWriter(path, self._schema, **self._options)
             self._paths.append(path)
         return self._writer
 
