@@ -179,7 +179,10 @@ class BimcvAdapter(Adapter):
         self._test_rows: list[DiagnosticTest] = []
         self._images: dict[str, _Located] = {}  # MIDS path -> location, images and CT volumes
         self._duplicates: dict[str, _Located] = {}
-        self._sidecars: dict[str, DicomJson | str] = {}  # image stem -> sidecar, or why it is unreadable
+        # image stem -> the sidecar's bytes (parsed again where a unit maps the image: a parsed sidecar
+        # takes ~5x the memory), or why it is unreadable; and its (Study Date, Study Time) for discovery
+        self._sidecars: dict[str, bytes | str] = {}
+        self._study_when: dict[str, tuple[str | None, str | None]] = {}
         self._sessions_of: dict[str, set[str]] = defaultdict(set)
         self._session_when: dict[str, tuple[dt.date, str] | None] = {}
         self._rois: dict[str, list[tuple[str, list[aim_roi.RoiPolygon]]]] = defaultdict(list)
@@ -357,9 +360,13 @@ class BimcvAdapter(Adapter):
                     )
                     continue
                 try:
-                    self._sidecars[stem] = DicomJson.parse(self._read(name))
+                    data = self._read(name)
+                    parsed = DicomJson.parse(data)
                 except SidecarError as exc:
                     self._sidecars[stem] = str(exc)
+                    continue
+                self._sidecars[stem] = data
+                self._study_when[stem] = (parsed.text(dicom_json.STUDY_DATE), parsed.text(dicom_json.STUDY_TIME))
                 continue
             if path in self._images:
                 self._duplicates[name] = located
@@ -388,11 +395,10 @@ class BimcvAdapter(Adapter):
         """(date, time) of every session: sessions.tsv first, else the DICOM Study Date of its images."""
         dicom: dict[str, list[tuple[dt.date, str]]] = defaultdict(list)
         for path in self._images:
-            sidecar = self._sidecars.get(_stem(path))
-            if isinstance(sidecar, DicomJson):
-                day = _yyyymmdd(sidecar.text(dicom_json.STUDY_DATE))
-                if day is not None:
-                    dicom[path.split("/")[1]].append((day, sidecar.text(dicom_json.STUDY_TIME) or ""))
+            study_date, study_time = self._study_when.get(_stem(path), (None, None))
+            day = _yyyymmdd(study_date)
+            if day is not None:
+                dicom[path.split("/")[1]].append((day, study_time or ""))
         for sessions in self._sessions_of.values():
             for ses in sessions:
                 table = self._sessions.get(ses)
@@ -593,7 +599,7 @@ class BimcvAdapter(Adapter):
                 raise QuarantineItem(SIDECAR_TOO_LARGE, sidecar)
             ctx.flag("sidecar unreadable")
             return None
-        return sidecar
+        return DicomJson.parse(sidecar)  # parsed in discovery already: cannot fail
 
     def _modality(self, from_name: str, sidecar: DicomJson | None, ctx: MappingContext) -> Modality:
         by_name = MODALITIES[from_name.upper()]
