@@ -479,6 +479,27 @@ def _merged(row: dict[str, Any], secondaries: list[dict[str, Any]]) -> dict[str,
     return merged
 
 
+def _merge_batch(
+    table: pa.Table, plan: dict[str, list[str]], secondaries: set[str], extra: dict[str, dict[str, Any]]
+) -> pa.Table:
+    """The batch without secondary records, its primaries merged; only merged rows become Python objects."""
+    ids = table.column("record_id").to_pylist()
+    kept = [i for i, rid in enumerate(ids) if rid not in secondaries]
+    merging = [i for i in kept if ids[i] in plan]
+    if not merging:
+        return table.take(pa.array(kept, type=pa.int64())).cast(FEATURES.arrow_schema)
+    plain = [i for i in kept if ids[i] not in plan]
+    merged = [_merged(row, [extra[r] for r in plan[row["record_id"]]]) for row in table.take(merging).to_pylist()]
+    combined = pa.concat_tables(
+        [
+            table.take(pa.array(plain, type=pa.int64())).cast(FEATURES.arrow_schema),
+            pa.Table.from_pylist(merged, schema=FEATURES.arrow_schema),
+        ]
+    )
+    position = {i: k for k, i in enumerate(plain + merging)}
+    return combined.take(pa.array([position[i] for i in kept], type=pa.int64()))
+
+
 def _write_all_config(
     spooled: list[_Spooled],
     configs: list[ConfigResult],
@@ -497,14 +518,10 @@ def _write_all_config(
         if s.adapter.name.value not in involved:
             continue
         for table in _spool_batches(s.spools):
-            rows = [
-                _merged(row, [extra[r] for r in plan[row["record_id"]]]) if row["record_id"] in plan else row
-                for row in table.to_pylist()
-                if row["record_id"] not in secondaries
-            ]
-            licenses.update(row["license_id"] for row in rows)
-            if rows:
-                _route(pa.Table.from_pylist(rows, schema=FEATURES.arrow_schema), split_of, writers)
+            rows = _merge_batch(table, plan, secondaries, extra)
+            licenses.update(rows.column("license_id").to_pylist())
+            if rows.num_rows:
+                _route(rows, split_of, writers)
     counts, sizes, shards = _close(writers, staging)
     for config in configs:
         if config.name not in involved:

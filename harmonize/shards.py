@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from covid_cxr_unified.harmonize.features import FEATURES
@@ -80,8 +81,8 @@ class ShardWriter:
         self._flush()
         self._shard_writer().write_table(table.cast(self._schema))
         self.rows += table.num_rows
-        images = table.column("image").combine_chunks()
-        self._shard_bytes += sum(len(b) for b in images.field("bytes").to_pylist() if b is not None)
+        image_bytes = pc.binary_length(pc.struct_field(table.column("image"), "bytes"))
+        self._shard_bytes += pc.sum(image_bytes).as_py() or 0  # without copying the bytes into Python
         if self._shard_bytes >= self.max_shard_bytes:
             self._close_shard()
 
