@@ -208,6 +208,9 @@ def write_bimcv(root: Path, count: int, side: int, images: bool, pool: ProcessPo
             )
     if images:
         list(pool.map(_bimcv_image, tasks, chunksize=32))
+    else:  # the adapter finds images by their files: empty placeholders, never read by a metadata-only build
+        for path, *_ in tasks:
+            path.touch()
     (meta / "derivatives" / "labels").mkdir(parents=True, exist_ok=True)
     (meta / "derivatives" / "EHR").mkdir(parents=True, exist_ok=True)
     (meta / "participants.tsv").write_text("\n".join(participants) + "\n", encoding="utf-8")
