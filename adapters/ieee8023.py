@@ -167,6 +167,7 @@ CLINICAL_COLUMNS = {
     "lymphocyte_count": "lymphocyte_count",
 }
 # (column, low, high): values outside are kept as published and flagged.
+MAX_AGE_YEARS = 130
 PLAUSIBLE_RANGES = (
     ("temperature", 30.0, 45.0),
     ("pO2_saturation", 0.0, 100.0),
@@ -373,7 +374,7 @@ class Ieee8023Adapter(Adapter):
             patient=Patient(
                 patient_id=f"ieee8023:{pid}",
                 sex=ctx.lookup("sex", SEXES, cell(item, "sex").strip() or None),
-                age_years=_float_or_none(ctx, "age", cell(item, "age").strip()),
+                age_years=_age_or_none(ctx, cell(item, "age").strip()),
             ),
             study=Study(study_date=date, study_year=year, date_raw=cell(item, "date") or None),
             image=image,
@@ -459,6 +460,15 @@ def _int_or_none(ctx: MappingContext, column: str, raw: str) -> int | None:
     except ValueError:
         ctx.unmapped(column, raw)
         return None
+
+
+def _age_or_none(ctx: MappingContext, raw: str) -> float | None:
+    """An age outside 0..130 years is no age: counted as unmapped, the row stays a record."""
+    age = _float_or_none(ctx, "age", raw)
+    if age is not None and not 0 <= age <= MAX_AGE_YEARS:
+        ctx.unmapped("age", raw)
+        return None
+    return age
 
 
 def _float_or_none(ctx: MappingContext, column: str, raw: str) -> float | None:

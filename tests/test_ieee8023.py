@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from pathlib import Path
 
@@ -115,6 +116,24 @@ def test_unknown_vocabulary_is_counted_not_guessed(tmp_path: Path) -> None:
     assert semi.view.view is View.UNKNOWN
     miliary = next(r for r in records if r.raw["finding"] == "Tuberculosis/Miliary")
     assert miliary.findings == () and miliary.covid19.state is LabelState.NOT_MENTIONED
+
+
+def test_impossible_age_is_unmapped_and_the_row_kept(tmp_path: Path) -> None:
+    fixture = write_ieee8023(tmp_path / "src", seed=0)
+    path = fixture.root / "metadata.csv"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    first = next(csv.reader([lines[1]]))
+    first[header.index("age")] = "250"
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(first)
+    path.write_text("".join([lines[0], buffer.getvalue(), *lines[2:]]), encoding="utf-8")
+    adapter = Ieee8023Adapter(fixture.root, metadata_only=True)
+    records = run(adapter)
+    assert adapter.report.unmapped["age"] == {"250": 1}
+    assert adapter.report.records == fixture.expected_records + 1  # the missing image is not read here
+    row = next(r for r in records if r.raw["age"] == "250")
+    assert row.patient.age_years is None
 
 
 def test_malformed_row_and_duplicate_filename_are_quarantined(tmp_path: Path) -> None:
