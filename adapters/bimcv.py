@@ -66,6 +66,7 @@ from covid_cxr_unified.adapters.tar_reader import is_archive, iter_archive, read
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
 from covid_cxr_unified.schema.licenses import license_record
 from covid_cxr_unified.schema.record import (
+    MAX_AGE_YEARS,
     Clinical,
     Covid19Evidence,
     Covid19Label,
@@ -663,6 +664,9 @@ class BimcvAdapter(Adapter):
                 repairs.append(f"age: minimum of {list(person.ages)} (participants.tsv lists two ages)")
         elif sidecar is not None:
             age = dicom_age_years(sidecar.text(dicom_json.PATIENT_AGE))
+        if age is not None and not 0 <= age <= MAX_AGE_YEARS:  # no age: counted, the image stays a record
+            ctx.unmapped("age", f"{age:g}")
+            age = None
         return Patient(patient_id=f"bimcv:{sub}", sex=sex or dicom_sex, age_years=age)
 
     def _view(self, vp: str | None, sidecar: DicomJson | None, ctx: MappingContext) -> ViewInfo:

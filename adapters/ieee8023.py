@@ -28,6 +28,7 @@ from covid_cxr_unified.adapters.urls import scrubbed
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
 from covid_cxr_unified.schema.licenses import UNKNOWN_LICENSE_ID, license_record
 from covid_cxr_unified.schema.record import (
+    MAX_AGE_YEARS,
     Clinical,
     Covid19Evidence,
     Covid19Label,
@@ -167,7 +168,6 @@ CLINICAL_COLUMNS = {
     "lymphocyte_count": "lymphocyte_count",
 }
 # (column, low, high): values outside are kept as published and flagged.
-MAX_AGE_YEARS = 130
 PLAUSIBLE_RANGES = (
     ("temperature", 30.0, 45.0),
     ("pO2_saturation", 0.0, 100.0),

@@ -27,6 +27,7 @@ from covid_cxr_unified.schema.vocab import (
 )
 
 SCHEMA_VERSION = "1.0.0"
+MAX_AGE_YEARS = 130
 
 _LICENSE_ID = re.compile(r"^(LicenseRef-[A-Za-z0-9.\-]+|[A-Za-z0-9.\-+]+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -63,7 +64,7 @@ class LicenseRecord(_Model):
 class Patient(_Model):
     patient_id: str = Field(description="namespaced by source: '<source>:<source patient id>'")
     sex: Sex | None = None
-    age_years: float | None = Field(default=None, ge=0, le=130)
+    age_years: float | None = Field(default=None, ge=0, le=MAX_AGE_YEARS)
 
 
 class Study(_Model):
