@@ -521,6 +521,8 @@ class BimcvAdapter(Adapter):
         path = self.root / located.name
         if not path.is_file():
             raise QuarantineItem("image missing", located.name)
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise QuarantineItem("image path unsafe", f"{located.name!r} is a link out of the release")
         self.check_image_bytes(path.stat().st_size)
         return path.read_bytes()
 

@@ -545,3 +545,23 @@ def test_image_gone_between_discovery_and_reading_is_quarantined(tmp_path: Path)
     records = list(adapter.run())
     assert adapter.report.reconciles() and len(records) == 8
     assert ("image missing", gone) in {(n.reason, n.key) for n in adapter.report.quarantined_items}
+
+
+def test_an_image_linked_out_of_the_tree_is_quarantined(tmp_path: Path) -> None:
+    release = write_bimcv(tmp_path / "release", seed=0)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(_png16())
+    image = next(p for p in sorted(release.root.rglob("*.png")) if p.stat().st_size > 0)
+    image.unlink()
+    image.symlink_to(outside)
+    adapter = BimcvAdapter(release.root)
+    records = list(adapter.run())
+    assert adapter.report.quarantined["image path unsafe"] == 1
+    assert adapter.report.reconciles()
+    assert all(image.name not in r.record.record_id for r in records)
+
+
+def _png16() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 1000, dtype=np.uint16)).save(buffer, format="PNG")
+    return buffer.getvalue()
