@@ -60,6 +60,7 @@ from covid_cxr_unified.harmonize.engine import (
     UnitStats,
     checkpoint,
     code_version,
+    map_ordered,
     run_jobs,
     unit_resume_key,
 )
@@ -247,8 +248,7 @@ def _build_in(
         _write_manifest(staging / "splits" / "groups.jsonl", keys, grouping, split_of)
     checkpoint("before-route")
     with timer.step("pass 3: route shards"):
-        configs = [_write_source_config(s, split_of, staging, options) for s in spooled]
-        configs.append(_write_all_config(spooled, configs, split_of, staging, options))
+        configs = _write_configs(spooled, split_of, staging, options)
     shutil.rmtree(staging / "spool")
     checkpoint("before-guard")
     with timer.step("split guard"):
@@ -258,10 +258,8 @@ def _build_in(
     with timer.step("report"):
         write_report(staging, configs, fingerprint, guard, grouping)
     with timer.step("card figures"):
-        figures = {
-            c.name: render_card_figures(staging, c.name, shards=c.shards)
-            for c in tqdm(configs, desc="card figures", unit=" configs", disable=not options.progress)
-        }
+        calls = [(_figures, staging, c.name, c.shards) for c in configs]
+        figures = dict(zip([c.name for c in configs], map_ordered(calls, options.num_proc), strict=True))
     with timer.step("card, croissant, licenses"):
         (staging / "README.md").write_text(render_card(configs, fingerprint, guard, figures), encoding="utf-8")
         write_croissant(staging, data_files={c.name: c.shards for c in configs})
@@ -341,6 +339,10 @@ def _run_units(
         adapter.finish()
         spooled.append(one)
     return spooled, stats, inputs
+
+
+def _figures(staging: Path, name: str, shards: dict[str, list[str]]) -> Any:
+    return render_card_figures(staging, name, shards=shards)
 
 
 def _merge(spooled: _Spooled, result: UnitResult) -> None:
@@ -500,14 +502,13 @@ def _merge_batch(
     return combined.take(pa.array([position[i] for i in kept], type=pa.int64()))
 
 
-def _write_all_config(
-    spooled: list[_Spooled],
-    configs: list[ConfigResult],
-    split_of: dict[str, str],
-    staging: Path,
-    options: BuildOptions,
-) -> ConfigResult:
-    """Every source in one config. Sources without merged images are referenced, not copied."""
+_AllShards = tuple[dict[str, int], dict[str, int], dict[str, list[str]], Counter[str], set[str]]
+
+
+def _write_all_shards(
+    spooled: list[_Spooled], split_of: dict[str, str], staging: Path, options: BuildOptions
+) -> _AllShards:
+    """The `all` config's own shards: the sources with merged images, merged (runs in any process)."""
     plan = _merge_plan(spooled)
     secondaries = {r for rs in plan.values() for r in rs}
     involved = {k.source for s in spooled for k in s.keys if k.record_id in plan or k.record_id in secondaries}
@@ -523,6 +524,17 @@ def _write_all_config(
             if rows.num_rows:
                 _route(rows, split_of, writers)
     counts, sizes, shards = _close(writers, staging)
+    return counts, sizes, shards, licenses, involved
+
+
+def _write_configs(
+    spooled: list[_Spooled], split_of: dict[str, str], staging: Path, options: BuildOptions
+) -> list[ConfigResult]:
+    """Every config; with num_proc > 1 the configs are written by that many processes at once."""
+    calls: list[tuple[Any, ...]] = [(_write_source_config, s, split_of, staging, options) for s in spooled]
+    calls.append((_write_all_shards, spooled, split_of, staging, options))
+    *configs, all_shards = map_ordered(calls, options.num_proc)
+    counts, sizes, shards, licenses, involved = all_shards
     for config in configs:
         if config.name not in involved:
             licenses.update(config.licenses)
@@ -530,7 +542,7 @@ def _write_all_config(
                 counts[split] += config.split_counts[split]
                 sizes[split] += config.split_bytes[split]
                 shards[split] += config.shards[split]
-    return ConfigResult(ALL_CONFIG, counts, sizes, shards, licenses)
+    return [*configs, ConfigResult(ALL_CONFIG, counts, sizes, shards, licenses)]
 
 
 # --- the rest ----------------------------------------------------------------------------------------
