@@ -13,7 +13,6 @@ from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
 from covid_cxr_unified.harmonize.synthetic.v7_darwin import write_v7_darwin
 from covid_cxr_unified.schema.vocab import Source
 
-
 # Enough patients that every split of the demo holds both covid19 classes, so the benchmark has
 # numbers to show; still a few seconds to build.
 DEMO_IEEE8023_PATIENTS = 120
