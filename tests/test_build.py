@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from datasets import ClassLabel, Image, Json, List, concatenate_datasets, load_dataset
+from treedigest import tree_digest
 
 from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
 from covid_cxr_unified.harmonize.errors import BuildError
@@ -17,10 +18,6 @@ from covid_cxr_unified.schema.vocab import Source
 
 def _build(src: Path, out: Path, **options: object) -> None:
     build([SourceSpec(Source.IEEE8023, src)], BuildOptions(out=out, progress=False, **options))  # type: ignore[arg-type]
-
-
-def _tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -72,7 +69,7 @@ def test_none_stays_none_after_loading(source: Path, tmp_path: Path) -> None:
 def test_two_builds_are_byte_identical(source: Path, tmp_path: Path) -> None:
     _build(source, tmp_path / "a")
     _build(source, tmp_path / "b")
-    assert _tree_bytes(tmp_path / "a") == _tree_bytes(tmp_path / "b")
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
 
 
 def test_rebuild_with_new_content_is_not_served_stale(tmp_path: Path) -> None:

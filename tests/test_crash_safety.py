@@ -4,7 +4,6 @@ kill are reused, not redone."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import signal
@@ -14,21 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from treedigest import tree_digest
 
 from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
 from covid_cxr_unified.harmonize.engine import KILL_ENV
 from covid_cxr_unified.harmonize.synthetic.bimcv import write_bimcv
 from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
 from covid_cxr_unified.schema.vocab import Source
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
 
 CHECKPOINTS = ("after-unit-1", "after-unit-3", "before-route", "before-guard", "before-swap", "after-swap")
 

@@ -3,13 +3,13 @@ content hash of the inputs and the code version (not of paths, file times or sch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from treedigest import tree_digest
 
 from covid_cxr_unified.adapters.base import Adapter
 from covid_cxr_unified.harmonize import build as build_module
@@ -17,14 +17,6 @@ from covid_cxr_unified.harmonize.build import BuildOptions, BuildResult, SourceS
 from covid_cxr_unified.harmonize.synthetic.bimcv import write_bimcv
 from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
 from covid_cxr_unified.schema.vocab import Source
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture

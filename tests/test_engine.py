@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import _socket
-import hashlib
 import ipaddress
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from treedigest import tree_digest
 
 from covid_cxr_unified.adapters import adapter_class
 from covid_cxr_unified.adapters.base import Adapter
@@ -19,14 +19,6 @@ from covid_cxr_unified.harmonize.errors import BuildError
 from covid_cxr_unified.harmonize.synthetic import write_demo_sources
 from covid_cxr_unified.harmonize.synthetic.bimcv import write_bimcv
 from covid_cxr_unified.schema.vocab import Source
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture
