@@ -1,6 +1,7 @@
 """The build: sources -> validated records -> Parquet shards per config and split -> card + report.
 
-Three streaming passes with bounded memory:
+Three streaming passes; image bytes live only inside the unit that reads them, while the light
+per-record keys (ids, links, hashes) are kept in memory and grow with the number of records:
 1. each adapter is discovered, its items are cut into work units (row ranges, image ranges, subjects,
    archives) and every unit is validated, filtered by the license policy and spooled to its own
    Parquet shard — in this process, a process pool (`num_proc`) or on Dask (`engine="dask"`) — while
@@ -230,6 +231,19 @@ class _Timer:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
 
 
+def _accounting(adapters: Sequence[Adapter]) -> str:
+    """'ieee8023: 13 items = 0 records + 4 excluded + 9 quarantined (image missing 9)' per source."""
+    parts = []
+    for adapter in adapters:
+        r = adapter.report
+        reasons = ", ".join(f"{reason} {n}" for reason, n in r.quarantined.most_common(3))
+        parts.append(
+            f"{adapter.name.value}: {r.input_items} items = {r.records} records + {sum(r.excluded.values())} "
+            f"excluded + {sum(r.quarantined.values())} quarantined" + (f" ({reasons})" if reasons else "")
+        )
+    return "; ".join(parts)
+
+
 def _build_in(
     staging: Path, specs: Sequence[SourceSpec], options: BuildOptions, id_map: list[tuple[str, str]]
 ) -> BuildResult:
@@ -242,6 +256,8 @@ def _build_in(
     with timer.step("pass 1: units"):
         spooled, stats, inputs = _run_units(adapters, staging, options, id_map)
     keys = [key for s in spooled for key in s.keys]
+    if not keys:
+        raise BuildError(f"nothing to build: no source gave a record ({_accounting(adapters)})")
     with timer.step("pass 2: groups and splits"):
         grouping = group_records(keys, id_map, options.near_duplicate_bits)
         split_of = _assign_splits(keys, grouping, options)

@@ -39,8 +39,10 @@ def _sources(configs: list[ConfigResult]) -> list[ConfigResult]:
 
 
 def card_yaml(configs: list[ConfigResult], fingerprint: str) -> dict[str, Any]:
+    """The card's YAML. A config without records is left out: `datasets` cannot load it."""
     total = sum(sum(c.split_counts.values()) for c in _sources(configs))
-    local_only = any(c.name in LOCAL_ONLY_SOURCES for c in _sources(configs))
+    loadable = [c for c in configs if c.nonempty_splits()]
+    local_only = any(c.name in LOCAL_ONLY_SOURCES for c in _sources(loadable))
     return {
         "license": "other",
         "license_name": "mixed-per-record",
@@ -56,7 +58,7 @@ def card_yaml(configs: list[ConfigResult], fingerprint: str) -> dict[str, Any]:
                 "default": c.name == "all",
                 "data_files": [{"split": split, "path": c.shards[split]} for split in c.nonempty_splits()],
             }
-            for c in configs
+            for c in loadable
         ],
         "dataset_info": [
             {
@@ -67,7 +69,7 @@ def card_yaml(configs: list[ConfigResult], fingerprint: str) -> dict[str, Any]:
                     for split in c.nonempty_splits()
                 ],
             }
-            for c in configs
+            for c in loadable
         ],
     }
 

@@ -130,3 +130,28 @@ def test_real_images_sample_decode_after_load(shared_data: Path, tmp_path: Path)
     assert {"L", "RGB", "RGBA"} <= modes
     report = json.loads((out / "build_report.json").read_text())["sources"]["ieee8023"]
     assert report["reconciles"] and report["input_items"] == 950
+
+
+def test_a_build_without_records_says_why(tmp_path: Path) -> None:
+    root = write_ieee8023(tmp_path / "src", seed=1, patients=3).root
+    spec = SourceSpec(Source.IEEE8023, root, images=tmp_path / "no-images-here")
+    with pytest.raises(
+        BuildError, match=r"nothing to build: no source gave a record \(ieee8023: \d+ items = 0 records"
+    ):
+        build([spec], BuildOptions(out=tmp_path / "out", progress=False))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_source_without_records_is_reported_not_declared(tmp_path: Path) -> None:
+    from covid_cxr_unified.harmonize.synthetic.bimcv import write_bimcv
+
+    ieee = write_ieee8023(tmp_path / "ieee", seed=1, patients=6).root
+    bimcv = write_bimcv(tmp_path / "bimcv", seed=0).root
+    out = tmp_path / "out"
+    specs = [SourceSpec(Source.IEEE8023, ieee, images=tmp_path / "nowhere"), SourceSpec(Source.BIMCV, bimcv)]
+    build(specs, BuildOptions(out=out, progress=False))
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["sources"]["ieee8023"]["records"] == 0 and report["sources"]["ieee8023"]["reconciles"]
+    card = (out / "README.md").read_text()
+    assert "config_name: ieee8023" not in card and "config_name: bimcv" in card
+    assert load_dataset(str(out), "bimcv")["train"].num_rows > 0
