@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from covid_cxr_unified.adapters.urls import without_surrogates
+from covid_cxr_unified.adapters.urls import load_json
 
 _TAG = re.compile(r"^[0-9A-F]{8}$")
 
@@ -54,7 +54,7 @@ class DicomJson:
     @classmethod
     def parse(cls, data: bytes) -> DicomJson:
         try:
-            obj = without_surrogates(json.loads(data.decode("utf-8")))
+            obj = load_json(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SidecarError(f"not JSON: {exc}") from exc
         except RecursionError as exc:

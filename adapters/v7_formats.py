@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from covid_cxr_unified.adapters.limits import DEFAULT_MAX_ARCHIVE_MEMBERS, DEFAULT_MAX_JSON_BYTES
-from covid_cxr_unified.adapters.urls import scrubbed, without_surrogates
+from covid_cxr_unified.adapters.urls import load_json, scrubbed
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
 
 COCO = "coco"
@@ -187,7 +187,7 @@ def _load(file: JsonFile) -> object:
     if file.too_large:
         return {"_too_large": file.too_large}
     try:
-        return without_surrogates(json.loads(file.data.decode("utf-8-sig")))
+        return load_json(file.data.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return {"_unreadable": str(exc)}
     except RecursionError:

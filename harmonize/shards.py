@@ -64,7 +64,9 @@ class ShardWriter:
         self._paths: list[Path] = []
 
     def write(self, row: dict[str, Any]) -> None:
-        self._buffer.append(FEATURES.encode_example(row))
+        """Append one row as `record_to_row` makes it: already in FEATURES' Arrow form (image as
+        {bytes, path}, class labels as ints, JSON as text), so `datasets`' per-row encoding is skipped."""
+        self._buffer.append(row)
         image = row.get("image")
         self._shard_bytes += len(image["bytes"]) if image else 0
         self.rows += 1
