@@ -22,10 +22,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 from datasets import Dataset, DatasetInfo, Features
 from datasets.table import InMemoryTable
 
+from covid_cxr_unified.harmonize.data_files import card_data_files, folder_data_files
 from covid_cxr_unified.harmonize.errors import HarmonizeError, SourceFormatError, SourceNotFoundError
 from covid_cxr_unified.harmonize.features import LABEL_STATE_NAMES, VIEW_NAMES
 from covid_cxr_unified.harmonize.splits import SPLITS
@@ -156,31 +156,8 @@ def load_build(folder: Path, max_per_source: int | None = None) -> LoadedBuild:
 
 
 def config_files(folder: Path) -> dict[str, dict[str, list[str]]]:
-    """config -> split -> shard paths relative to `folder`, from the card, else from `data/<config>/`."""
-    card = folder / "README.md"
-    if card.is_file():
-        text = card.read_text(encoding="utf-8")
-        if text.startswith("---"):
-            try:
-                header = yaml.safe_load(text.split("---", 2)[1]) or {}
-            except yaml.YAMLError as exc:
-                raise SourceFormatError(f"cannot read the YAML header of {card}: {exc}") from exc
-            from_card = {
-                str(c["config_name"]): {
-                    str(f["split"]): [f["path"]] if isinstance(f["path"], str) else list(f["path"])
-                    for f in c.get("data_files", [])
-                }
-                for c in header.get("configs", [])
-            }
-            if from_card:
-                return dict(sorted(from_card.items()))
-    return {
-        d.name: {
-            split: [p.relative_to(folder).as_posix() for p in sorted(d.glob(f"{split}-*.parquet"))] for split in SPLITS
-        }
-        for d in sorted((folder / "data").iterdir())
-        if d.is_dir() and any(d.glob("*.parquet"))
-    }
+    """config -> split -> shard globs relative to `folder`, from the card, else from `data/<config>/`."""
+    return dict(sorted((card_data_files(folder) or folder_data_files(folder)).items()))
 
 
 def _shards(folder: Path, patterns: list[str]) -> list[Path]:

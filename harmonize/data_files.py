@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from covid_cxr_unified.harmonize.errors import SourceFormatError
 from covid_cxr_unified.harmonize.splits import SPLITS
 
 # config -> split -> shard globs relative to the build folder (as in the card's `data_files`)
@@ -26,7 +27,10 @@ def card_data_files(build_dir: Path) -> dict[str, dict[str, list[str]]] | None:
     text = card.read_text(encoding="utf-8")
     if not text.startswith("---"):
         return None
-    header = yaml.safe_load(text.split("---", 2)[1]) or {}
+    try:
+        header = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except yaml.YAMLError as exc:
+        raise SourceFormatError(f"cannot read the YAML header of {card}: {exc}") from exc
     result: dict[str, dict[str, list[str]]] = {}
     for config in header.get("configs") or []:
         per_split: dict[str, list[str]] = {}
