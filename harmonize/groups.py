@@ -15,8 +15,11 @@ pictures at least 20: no false merge on either. A false merge would only join tw
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
 
 NEAR_DUPLICATE_BITS = 14
 
@@ -69,32 +72,81 @@ class Grouping:
         return groups
 
 
-def near_duplicate_pairs(hashes: Iterable[tuple[str, str]], bits: int = NEAR_DUPLICATE_BITS) -> list[tuple[str, str]]:
-    """Pairs of ids whose equally long hex hashes differ in at most `bits` bits.
+def near_duplicate_pairs(
+    hashes: Iterable[tuple[str, str]],
+    bits: int = NEAR_DUPLICATE_BITS,
+    labels: Sequence[object] | None = None,
+) -> list[tuple[str, str]]:
+    """Sorted (a, b) pairs of ids whose hex hashes differ in at most `bits` bits; with `labels` (one
+    per hash, e.g. its split), only pairs whose labels differ.
 
     Pigeonhole: split the hash into bits+1 bands; two hashes within `bits` bits agree exactly on at
-    least one band, so only ids sharing a band are compared.
+    least one band, so only ids sharing a band value are compared — per band, every pair inside a run
+    of equal band values at once (numpy). Shorter hashes count as zero-padded on the left.
     """
     listed = list(hashes)
-    if not listed:
+    if len(listed) < 2:
         return []
-    length = 4 * len(listed[0][1])
-    items = [(key, int(value, 16)) for key, value in listed]
-    bands = bits + 1
-    widths = [length // bands + (1 if i < length % bands else 0) for i in range(bands)]
-    pairs: set[tuple[str, str]] = set()
+    ids = np.array([key for key, _ in listed], dtype=object)
+    digits = max(len(value) for _, value in listed)
+    digits += digits % 2
+    raw = np.frombuffer(bytes.fromhex("".join(v.rjust(digits, "0") for _, v in listed)), dtype=np.uint8)
+    words = _words(raw.reshape(len(listed), -1))
+    codes = pd.factorize(np.asarray(labels, dtype=object))[0] if labels is not None else None
+    length = 4 * digits
+    bands = min(bits + 1, length)
+    found: list[np.ndarray] = []
     offset = 0
-    for width in widths:
-        buckets: dict[int, list[tuple[str, int]]] = defaultdict(list)
-        for key, value in items:
-            buckets[(value >> offset) & ((1 << width) - 1)].append((key, value))
-        for bucket in buckets.values():
-            for i, (key_a, value_a) in enumerate(bucket):
-                for key_b, value_b in bucket[i + 1 :]:
-                    if key_a != key_b and (value_a ^ value_b).bit_count() <= bits:
-                        pairs.add((min(key_a, key_b), max(key_a, key_b)))
+    for width in (length // bands + (1 if i < length % bands else 0) for i in range(bands)):
+        a, b = _same_band_pairs(_band(words, offset, width))
         offset += width
-    return sorted(pairs)
+        if codes is not None:
+            apart = codes[a] != codes[b]
+            a, b = a[apart], b[apart]
+        close = np.bitwise_count(words[a] ^ words[b]).sum(axis=1) <= bits
+        found.append(np.stack([np.minimum(a[close], b[close]), np.maximum(a[close], b[close])], axis=1))
+    pairs = np.unique(np.concatenate(found), axis=0)
+    named = {(min(ids[a], ids[b]), max(ids[a], ids[b])) for a, b in pairs if ids[a] != ids[b]}
+    return sorted(named)
+
+
+def _words(raw: np.ndarray) -> np.ndarray:
+    """Rows of hash bytes as big-endian 64-bit words, most significant first (left-padded)."""
+    padded = np.zeros((raw.shape[0], -(-raw.shape[1] // 8) * 8), dtype=np.uint8)
+    padded[:, padded.shape[1] - raw.shape[1] :] = raw
+    words: np.ndarray = padded.view(">u8").astype(np.uint64)
+    return words
+
+
+def _band(words: np.ndarray, offset: int, width: int) -> np.ndarray:
+    """Bits offset..offset+width (from the least significant end) of every row."""
+    word, shift = words.shape[1] - 1 - offset // 64, offset % 64
+    key = words[:, word] >> np.uint64(shift)
+    if shift + width > 64:
+        key |= words[:, word - 1] << np.uint64(64 - shift)
+    key &= np.uint64((1 << width) - 1)
+    band: np.ndarray = key
+    return band
+
+
+def _same_band_pairs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (a, b) of every pair with an equal key."""
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    lengths = np.diff(np.r_[starts, len(order)])
+    starts, lengths = starts[lengths > 1], lengths[lengths > 1]
+    position = np.repeat(starts, lengths) + _within(lengths)
+    rank = _within(lengths)  # members of its run before it: its partners
+    right = np.repeat(position, rank)
+    left = right - _within(rank) - 1
+    return order[left], order[right]
+
+
+def _within(lengths: np.ndarray) -> np.ndarray:
+    """0..n-1 for each n in `lengths`, concatenated."""
+    counts: np.ndarray = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return counts
 
 
 def group_records(

@@ -210,68 +210,13 @@ def _near_duplicate_leaks(rows: pd.DataFrame, bits: int) -> list[Leak]:
     """Pairs of records in different splits whose perceptual hashes differ in at most `bits` bits."""
     last = rows[~rows["record_id"].duplicated(keep="last")]  # as before: a record's last row stands for it
     last = last[last["phash"].notna()]
-    hashes = last["phash"].to_numpy()
-    if len(hashes) < 2:
-        return []
-    if len({len(h) for h in hashes}) > 1:  # mixed hash lengths: the exact pairwise reference
-        pairs = near_duplicate_pairs(zip(last["record_id"], hashes, strict=True), bits)
-    else:
-        pairs = _near_pairs(last["record_id"].to_numpy(), hashes, last["split"].to_numpy(), bits)
-    named = {name for pair in pairs for name in pair}
-    chosen = last[last["record_id"].isin(named)]
-    split_of = dict(zip(chosen["record_id"], chosen["split"], strict=True))
+    split_of = dict(zip(last["record_id"], last["split"], strict=True))
+    hashes = zip(last["record_id"], last["phash"], strict=True)
+    pairs = near_duplicate_pairs(hashes, bits, labels=list(last["split"]))
     return [
         _leak("near-duplicate picture", f"{a}~{b}", (split_of[a], split_of[b]), (f"{a}@{split_of[a]}", f"{b}@{split_of[b]}"))  # noqa: E501
         for a, b in pairs
-        if split_of[a] != split_of[b]
     ]
-
-
-def _near_pairs(ids: np.ndarray, hashes: np.ndarray, splits: np.ndarray, bits: int) -> list[tuple[str, str]]:
-    """Sorted (a, b) id pairs in different splits within `bits` bits: the pigeonhole of
-    `groups.near_duplicate_pairs` (bits+1 bands; two hashes within `bits` bits agree on one band),
-    vectorized: per band, every pair inside a run of equal band values is compared at once."""
-    raw = np.frombuffer(bytes.fromhex("".join(hashes)), dtype=np.uint8).reshape(len(hashes), -1)
-    padded = np.zeros((len(hashes), -(-raw.shape[1] // 8) * 8), dtype=np.uint8)
-    padded[:, padded.shape[1] - raw.shape[1] :] = raw
-    words = padded.view(">u8").astype(np.uint64)  # most significant word first
-    split_codes = pd.factorize(splits)[0]
-    length = 8 * raw.shape[1]
-    bands = min(bits + 1, length)
-    found: list[np.ndarray] = []
-    offset = 0
-    for width in (length // bands + (1 if i < length % bands else 0) for i in range(bands)):
-        word, shift = words.shape[1] - 1 - offset // 64, offset % 64
-        key = words[:, word] >> np.uint64(shift)
-        if shift + width > 64:
-            key |= words[:, word - 1] << np.uint64(64 - shift)
-        key &= np.uint64((1 << width) - 1)
-        offset += width
-        order = np.argsort(key, kind="stable")
-        ordered = key[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        lengths = np.diff(np.r_[starts, len(order)])
-        starts, lengths = starts[lengths > 1], lengths[lengths > 1]
-        if not starts.size:
-            continue
-        position = np.repeat(starts, lengths) + _within(lengths)
-        rank = _within(lengths)  # members of its run before it: its partners
-        right = np.repeat(position, rank)
-        left = right - _within(rank) - 1
-        a, b = order[left], order[right]
-        cross = split_codes[a] != split_codes[b]
-        a, b = a[cross], b[cross]
-        close = np.bitwise_count(words[a] ^ words[b]).sum(axis=1) <= bits
-        found.append(np.stack([np.minimum(a[close], b[close]), np.maximum(a[close], b[close])], axis=1))
-    pairs = np.unique(np.concatenate(found), axis=0) if found else np.empty((0, 2), dtype=np.int64)
-    named = {tuple(sorted((str(ids[a]), str(ids[b])))) for a, b in pairs if ids[a] != ids[b]}
-    return sorted(named)  # type: ignore[arg-type]
-
-
-def _within(lengths: np.ndarray) -> np.ndarray:
-    """0..n-1 for each n in `lengths`, concatenated."""
-    counts: np.ndarray = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return counts
 
 
 def _label_by_source(rows: pd.DataFrame) -> dict[str, dict[str, dict[str, int]]]:
