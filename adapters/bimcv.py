@@ -180,9 +180,11 @@ class BimcvAdapter(Adapter):
         self._test_rows: list[DiagnosticTest] = []
         self._images: dict[str, _Located] = {}  # MIDS path -> location, images and CT volumes
         self._duplicates: dict[str, _Located] = {}
-        # image stem -> the sidecar's bytes (parsed again where a unit maps the image: a parsed sidecar
-        # takes ~5x the memory), or why it is unreadable; and its (Study Date, Study Time) for discovery
-        self._sidecars: dict[str, bytes | str] = {}
+        # image stem -> the file name of its readable sidecar (read and parsed again where a unit maps the
+        # image: holding every sidecar, even as bytes, grew discovery with the release), or why it is
+        # unreadable; and its (Study Date, Study Time) for discovery
+        self._sidecars: dict[str, str] = {}
+        self._bad_sidecars: dict[str, str] = {}
         self._study_when: dict[str, tuple[str | None, str | None]] = {}
         self._sessions_of: dict[str, set[str]] = defaultdict(set)
         self._session_when: dict[str, tuple[dt.date, str] | None] = {}
@@ -356,17 +358,16 @@ class BimcvAdapter(Adapter):
                 stem = posixpath.basename(path).removesuffix(".json")
                 size = self._size(name)
                 if size > self.max_json_bytes:
-                    self._sidecars[stem] = (
+                    self._bad_sidecars[stem] = (
                         f"{SIDECAR_TOO_LARGE}: {size} bytes, over the limit of {self.max_json_bytes} (max_json_bytes)"
                     )
                     continue
                 try:
-                    data = self._read(name)
-                    parsed = DicomJson.parse(data)
+                    parsed = DicomJson.parse(self._read(name))
                 except SidecarError as exc:
-                    self._sidecars[stem] = str(exc)
+                    self._bad_sidecars[stem] = str(exc)
                     continue
-                self._sidecars[stem] = data
+                self._sidecars[stem] = name
                 self._study_when[stem] = (parsed.text(dicom_json.STUDY_DATE), parsed.text(dicom_json.STUDY_TIME))
                 continue
             if path in self._images:
@@ -593,16 +594,19 @@ class BimcvAdapter(Adapter):
         return record
 
     def _sidecar(self, path: str, ctx: MappingContext) -> DicomJson | None:
-        sidecar = self._sidecars.get(_stem(path))
-        if sidecar is None:
-            ctx.flag("sidecar missing")
+        stem = _stem(path)
+        why = self._bad_sidecars.get(stem)
+        if why is not None and why.startswith(SIDECAR_TOO_LARGE):
+            raise QuarantineItem(SIDECAR_TOO_LARGE, why)
+        name = self._sidecars.get(stem)
+        if name is None:
+            ctx.flag("sidecar missing" if why is None else "sidecar unreadable")
             return None
-        if isinstance(sidecar, str):
-            if sidecar.startswith(SIDECAR_TOO_LARGE):
-                raise QuarantineItem(SIDECAR_TOO_LARGE, sidecar)
+        try:
+            return DicomJson.parse(self._read(name))
+        except (OSError, SidecarError):  # changed or removed since discovery
             ctx.flag("sidecar unreadable")
             return None
-        return DicomJson.parse(sidecar)  # parsed in discovery already: cannot fail
 
     def _modality(self, from_name: str, sidecar: DicomJson | None, ctx: MappingContext) -> Modality:
         by_name = MODALITIES[from_name.upper()]
