@@ -80,7 +80,6 @@ from covid_cxr_unified.schema.vocab import Source
 DEFAULT_OUT = Path("covid_cxr_unified")
 BUILD_MARKER = "build_report.json"
 ALL_CONFIG = "all"
-_BATCH_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -383,9 +382,11 @@ def _remove_stale_spools(spool: Path, units: dict[str, list[UnitJob]]) -> None:
 
 
 def _spool_batches(spools: list[Path]) -> Iterator[pa.Table]:
+    """Row group by row group: bounded by the writer's row-group limits (shards.ROW_GROUP_*)."""
     for spool in spools:
-        for batch in pq.ParquetFile(spool).iter_batches(batch_size=_BATCH_ROWS):
-            yield pa.Table.from_batches([batch])
+        parquet = pq.ParquetFile(spool)
+        for group in range(parquet.metadata.num_row_groups):
+            yield parquet.read_row_group(group)
 
 
 # --- pass 2: groups and splits ---------------------------------------------------------------------

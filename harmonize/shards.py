@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -15,7 +17,12 @@ import pyarrow.parquet as pq
 from covid_cxr_unified.harmonize.features import FEATURES
 
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
-_ROW_GROUP_ROWS = 100
+# A row group closes at whichever comes first: 100 rows with an image (readers and the Hub's viewer
+# page image datasets by row group), 64 MiB of image bytes (full-size 16-bit PNGs), or 10 000 rows
+# (metadata-only rows: each row group costs a fixed ~3 ms of encoding, so tiny ones dominated).
+ROW_GROUP_ROWS = 10_000
+ROW_GROUP_IMAGE_ROWS = 100
+ROW_GROUP_IMAGE_BYTES = 64 * 1024 * 1024
 # Image bytes are PNG/JPEG, already compressed: stored as they are, without dictionary or statistics
 # (zstd, dictionaries and min/max over megabyte blobs cost CPU and gain nothing).
 _STORED_AS_IS = frozenset({"image.bytes"})
@@ -42,11 +49,30 @@ def writer_options(spool: bool = False) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Size:
+    """What a row group holds so far."""
+
+    rows: int = 0
+    image_rows: int = 0
+    image_bytes: int = 0
+
+    def __add__(self, other: _Size) -> _Size:
+        return _Size(self.rows + other.rows, self.image_rows + other.image_rows, self.image_bytes + other.image_bytes)
+
+    def full(self) -> bool:
+        return (
+            self.rows >= ROW_GROUP_ROWS
+            or self.image_rows >= ROW_GROUP_IMAGE_ROWS
+            or self.image_bytes >= ROW_GROUP_IMAGE_BYTES
+        )
+
+
 class ShardWriter:
     """Writes `<prefix>-XXXXX-of-NNNNN.parquet` shards of at most ~`max_shard_bytes` image bytes.
 
-    Rows are buffered per row group; a shard is closed when its payload passes the limit. Shard
-    names get their final `-of-N` only at `close()`, when N is known.
+    Rows are buffered up to one row group (see ROW_GROUP_*); a shard is closed when its payload
+    passes the limit. Shard names get their final `-of-N` only at `close()`, when N is known.
     """
 
     def __init__(
@@ -58,35 +84,60 @@ class ShardWriter:
         self.max_shard_bytes = max_shard_bytes
         self.rows = 0
         self._schema: pa.Schema = FEATURES.arrow_schema
-        self._buffer: list[dict[str, Any]] = []
-        self._writer: pq.ParquetWriter | None = None
+        self._rows: list[dict[str, Any]] = []  # rows from `write`, not yet a table
+        self._tables: list[pa.Table] = []  # the row group being gathered
+        self._group = _Size()
         self._shard_bytes = 0
+        self._writer: pq.ParquetWriter | None = None
         self._paths: list[Path] = []
 
     def write(self, row: dict[str, Any]) -> None:
         """Append one row as `record_to_row` makes it: already in FEATURES' Arrow form (image as
         {bytes, path}, class labels as ints, JSON as text), so `datasets`' per-row encoding is skipped."""
-        self._buffer.append(row)
+        self._rows.append(row)
         image = row.get("image")
-        self._shard_bytes += len(image["bytes"]) if image else 0
-        self.rows += 1
-        if len(self._buffer) >= _ROW_GROUP_ROWS:
-            self._flush()
-        if self._shard_bytes >= self.max_shard_bytes:
-            self._flush()
-            self._close_shard()
+        size = len(image["bytes"]) if image and image["bytes"] is not None else None
+        self._added(_Size(1, int(size is not None), size or 0))
 
     def write_table(self, table: pa.Table) -> None:
-        """Append rows that are already encoded with FEATURES (e.g. read back from a spool shard)."""
-        if table.num_rows == 0:
-            return
-        self._flush()
-        self._shard_writer().write_table(table.cast(self._schema))
-        self.rows += table.num_rows
-        image_bytes = pc.binary_length(pc.struct_field(table.column("image"), "bytes"))
-        self._shard_bytes += pc.sum(image_bytes).as_py() or 0  # without copying the bytes into Python
+        """Append rows that are already encoded with FEATURES (e.g. read back from a spool shard); row
+        groups and shards close exactly where `write`, row by row, would close them."""
+        lengths = pc.binary_length(pc.struct_field(table.column("image"), "bytes"))
+        has_image = lengths.is_valid().to_numpy(zero_copy_only=False)
+        image_bytes = lengths.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        start = 0
+        while start < table.num_rows:
+            stop = start + self._rows_until_full(has_image[start:], image_bytes[start:])
+            self._take_rows()
+            self._tables.append(table.slice(start, stop - start).cast(self._schema))
+            size = _Size(stop - start, int(has_image[start:stop].sum()), int(image_bytes[start:stop].sum()))
+            self._added(size)
+            start = stop
+
+    def _rows_until_full(self, has_image: np.ndarray, image_bytes: np.ndarray) -> int:
+        """How many of these rows go in before the row group or the shard is full (the row that fills
+        it included), or all of them."""
+        full = (
+            (self._group.rows + np.arange(1, len(has_image) + 1) >= ROW_GROUP_ROWS)
+            | (self._group.image_rows + np.cumsum(has_image) >= ROW_GROUP_IMAGE_ROWS)
+            | (self._group.image_bytes + np.cumsum(image_bytes) >= ROW_GROUP_IMAGE_BYTES)
+            | (self._shard_bytes + np.cumsum(image_bytes) >= self.max_shard_bytes)
+        )
+        return int(np.argmax(full)) + 1 if full.any() else len(has_image)
+
+    def _added(self, size: _Size) -> None:
+        self.rows += size.rows
+        self._group += size
+        self._shard_bytes += size.image_bytes
+        if self._group.full() or self._shard_bytes >= self.max_shard_bytes:
+            self._flush()
         if self._shard_bytes >= self.max_shard_bytes:
             self._close_shard()
+
+    def _take_rows(self) -> None:
+        if self._rows:
+            self._tables.append(pa.Table.from_pylist(self._rows, schema=self._schema))
+            self._rows = []
 
     def _shard_writer(self) -> pq.ParquetWriter:
         """The open shard, opening the next one if none is open."""
@@ -98,10 +149,12 @@ class ShardWriter:
         return self._writer
 
     def _flush(self) -> None:
-        if not self._buffer:
-            return
-        self._shard_writer().write_table(pa.Table.from_pylist(self._buffer, schema=self._schema))
-        self._buffer = []
+        self._take_rows()
+        if self._tables:
+            group = pa.concat_tables(self._tables)
+            self._shard_writer().write_table(group, row_group_size=max(group.num_rows, 1))
+        self._tables = []
+        self._group = _Size()
 
     def _close_shard(self) -> None:
         if self._writer is not None:

@@ -1,0 +1,72 @@
+"""ShardWriter: row groups and shards close at the documented limits, whether rows come one by one
+or as Arrow tables read back from a spool."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from covid_cxr_unified.harmonize import shards
+from covid_cxr_unified.harmonize.features import FEATURES
+from covid_cxr_unified.harmonize.shards import ShardWriter
+
+
+def _rows(n: int, image_size: Any) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(n):
+        size = image_size(i)
+        image = None if size is None else {"bytes": bytes([i % 256]) * size, "path": None}
+        rows.append({"record_id": f"t:{i:06d}", "source": "ieee8023", "image": image})
+    return rows
+
+
+def _row_groups(paths: list[Path]) -> list[list[int]]:
+    return [[pq.ParquetFile(p).metadata.row_group(g).num_rows for g in range(pq.ParquetFile(p).num_row_groups)]
+            for p in paths]
+
+
+def _write_rows(folder: Path, rows: list[dict[str, Any]], max_shard_bytes: int = 2**40) -> list[Path]:
+    writer = ShardWriter(folder, "train", max_shard_bytes)
+    for row in rows:
+        writer.write(row)
+    return writer.close()
+
+
+def test_metadata_rows_fill_large_row_groups(tmp_path: Path) -> None:
+    paths = _write_rows(tmp_path, _rows(2 * shards.ROW_GROUP_ROWS + 7, lambda i: None))
+    assert _row_groups(paths) == [[shards.ROW_GROUP_ROWS, shards.ROW_GROUP_ROWS, 7]]
+    assert pq.read_table(paths[0]).num_rows == 2 * shards.ROW_GROUP_ROWS + 7
+
+
+def test_rows_with_images_close_a_row_group_at_100_rows_or_at_the_byte_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _write_rows(tmp_path / "a", _rows(250, lambda i: 10))
+    assert _row_groups(paths) == [[100, 100, 50]]
+    monkeypatch.setattr(shards, "ROW_GROUP_IMAGE_BYTES", 95)
+    paths = _write_rows(tmp_path / "b", _rows(25, lambda i: 10))
+    assert _row_groups(paths) == [[10, 10, 5]]
+
+
+def test_tables_are_cut_exactly_where_single_rows_would_be(tmp_path: Path) -> None:
+    chooser = random.Random(7)
+    sizes = [None if chooser.random() < 0.3 else chooser.randint(1, 60) for _ in range(700)]
+    rows = _rows(len(sizes), lambda i: sizes[i])
+    one_by_one = _write_rows(tmp_path / "rows", rows, max_shard_bytes=2_000)
+    assert len(one_by_one) > 5  # the shard limit was reached several times
+    table = pa.Table.from_pylist(rows, schema=FEATURES.arrow_schema)
+    writer = ShardWriter(tmp_path / "tables", "train", 2_000)
+    start = 0
+    while start < table.num_rows:
+        step = chooser.randint(1, 150)
+        writer.write_table(table.slice(start, step))
+        start += step
+    from_tables = writer.close()
+    assert writer.rows == len(rows)
+    assert [p.name for p in from_tables] == [p.name for p in one_by_one]
+    assert [p.read_bytes() for p in from_tables] == [p.read_bytes() for p in one_by_one]
