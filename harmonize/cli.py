@@ -64,7 +64,12 @@ def build(
         Path | None,
         typer.Option("--images", help="the ieee8023 images/ folder (also V7's images), if not beside metadata.csv"),
     ] = None,
-    out: OutOpt = Path("covid_cxr_unified"),
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", help="output folder of the build, or an fsspec URL (e.g. s3://bucket/covid-cxr, needs s3fs)"
+        ),
+    ] = "covid_cxr_unified",
     metadata_only: Annotated[bool, typer.Option("--metadata-only", help="records without image bytes")] = False,
     split_ratios: Annotated[str, typer.Option("--split-ratios", help="train,validation,test")] = "0.8,0.1,0.1",
     license_policy: Annotated[
@@ -94,16 +99,31 @@ def build(
     timings: Annotated[
         Path | None, typer.Option("--timings", help="write seconds per step as JSON here (not into the build)")
     ] = None,
+    staging: Annotated[
+        Path | None,
+        typer.Option(
+            "--staging",
+            help="with a URL --out: local folder where the build is made (and resumed) before the upload "
+            "(default: one per URL in the user cache); with --scheduler, a path every worker sees",
+        ),
+    ] = None,
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option("--storage-option", help="with a URL --out: KEY=VALUE for the fsspec filesystem (repeatable)"),
+    ] = None,
 ) -> None:
     """Build the Hugging Face dataset folder from the given sources.
 
     Example: covid-cxr build --ieee8023 covid-chestxray-dataset/ --out covid_cxr_unified --num-proc 2
+
+    Example: covid-cxr build --ieee8023 covid-chestxray-dataset/ --out s3://my-bucket/covid_cxr_unified
     """
     from covid_cxr_unified.adapters import limits
     from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec
     from covid_cxr_unified.harmonize.build import build as run_build
     from covid_cxr_unified.harmonize.engine import Engine
     from covid_cxr_unified.harmonize.license_policy import parse_policy
+    from covid_cxr_unified.harmonize.remote import build_to_url, local_path, parse_storage_options, redact_url
     from covid_cxr_unified.harmonize.splits import SplitRatios
     from covid_cxr_unified.schema.vocab import Source
 
@@ -111,13 +131,18 @@ def build(
         raise typer.BadParameter(f"{engine!r}: choose local or dask", param_hint="--engine")
     if scheduler is not None and engine != Engine.DASK:
         raise typer.BadParameter("--scheduler needs --engine dask", param_hint="--scheduler")
+    out_path = local_path(out)
+    if out_path is not None and (staging is not None or storage_option):
+        hint = "--staging" if staging is not None else "--storage-option"
+        raise typer.BadParameter(f"{hint} needs an fsspec URL as --out (e.g. s3://bucket/x)", param_hint=hint)
+    uploaded = ""
     try:
         given = {Source.IEEE8023: ieee8023, Source.V7_DARWIN: v7, Source.BIMCV: bimcv}
         v7_images = images if images is not None or ieee8023 is None else _ieee8023_images(ieee8023)
         shared_images = {Source.IEEE8023: images, Source.V7_DARWIN: v7_images, Source.BIMCV: None}
         specs = [SourceSpec(s, path, shared_images[s]) for s, path in given.items() if path is not None]
         options = BuildOptions(
-            out=out,
+            out=out_path or Path("covid_cxr_unified"),  # a URL --out: build_to_url builds under --staging
             metadata_only=metadata_only,
             ratios=SplitRatios.parse(split_ratios),
             license_policy=parse_policy(license_policy),
@@ -131,7 +156,15 @@ def build(
             scheduler=scheduler,
             resume=not no_resume,
         )
-        result = run_build(specs, options)
+        if out_path is None:
+            remote = build_to_url(specs, options, out, staging, parse_storage_options(storage_option or []))
+            result = remote.build
+            uploaded = (
+                f"{len(remote.uploaded)} files ({remote.uploaded_bytes / 2**20:.1f} MiB) uploaded, "
+                f"{len(remote.removed)} stale files removed"
+            )
+        else:
+            result = run_build(specs, options)
     except HarmonizeError as exc:
         raise _fail(exc) from None
     for config in result.configs:
@@ -143,7 +176,10 @@ def build(
     if timings is not None:
         data = {"timings_s": result.timings, "units": {"processed": units.processed, "resumed": units.resumed}}
         timings.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    typer.echo(f"wrote {result.out} (report: {result.out / 'build_report.md'})")
+    if uploaded:
+        typer.echo(f"wrote {redact_url(out)}: {uploaded} (report: build_report.md there)")
+    else:
+        typer.echo(f"wrote {result.out} (report: {result.out / 'build_report.md'})")
 
 
 def _ieee8023_images(ieee8023: Path) -> Path:
