@@ -20,7 +20,7 @@ import hashlib
 import io
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, TypeVar
@@ -198,6 +198,20 @@ class ImageProbe:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii.gz", ".nii", ".dcm")
+
+
+def files_checksum(root: Path, names: Iterable[str]) -> str:
+    """sha256 over `name<TAB>sha256 of its bytes` for the named files under `root` (relative POSIX
+    names, sorted) that are regular files, not images and not in hidden folders."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        path = root / name
+        if name.endswith(IMAGE_SUFFIXES) or any(part.startswith(".") for part in name.split("/")) or not path.is_file():
+            continue
+        with path.open("rb") as handle:
+            line = f"{name}\t{hashlib.file_digest(handle, 'sha256').hexdigest()}\n"
+        digest.update(line.encode(errors="surrogateescape"))
+    return digest.hexdigest()
 _BITS_BY_MODE = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "CMYK": 8, "I;16": 16, "I;16B": 16}
 
 
@@ -355,18 +369,9 @@ class Adapter(ABC):
         """Content hash of the inputs read in discovery (tables, annotation files), after `discover()`.
         Default: the root file, or every file under the root folder except images and hidden folders.
         Image bytes are not read here: each unit hashes the images it reads (`UnitDelta.digest`)."""
-        digest = hashlib.sha256()
-        files = [self.root] if self.root.is_file() else sorted(
-            p for p in self.root.rglob("*")
-            if p.is_file() and not p.name.endswith(IMAGE_SUFFIXES)
-            and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
-        )
-        for path in files:
-            name = path.name if path == self.root else path.relative_to(self.root).as_posix()
-            with path.open("rb") as handle:
-                line = f"{name}\t{hashlib.file_digest(handle, 'sha256').hexdigest()}\n"
-            digest.update(line.encode(errors="surrogateescape"))
-        return digest.hexdigest()
+        if self.root.is_file():
+            return files_checksum(self.root.parent, [self.root.name])
+        return files_checksum(self.root, [p.relative_to(self.root).as_posix() for p in self.root.rglob("*")])
 
     def finish(self) -> None:  # noqa: B027 - optional hook
         """Called once every unit is absorbed: write notes that depend on all items."""

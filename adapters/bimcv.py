@@ -30,6 +30,7 @@ from covid_cxr_unified.adapters.base import (
     QuarantineItem,
     SourceItem,
     WorkUnit,
+    files_checksum,
 )
 from covid_cxr_unified.adapters.bimcv_tables import (
     DiagnosticTest,
@@ -476,7 +477,7 @@ class BimcvAdapter(Adapter):
         if self._archives:
             listing = "".join(f"{name} {sha1}\n" for name, sha1 in sorted(self._verified.items()))
             return hashlib.sha256(listing.encode(errors="surrogateescape")).hexdigest()
-        return super().source_checksum()
+        return files_checksum(self.root, self._files)  # the tree as discovery listed it: no second walk
 
     def finish(self) -> None:
         self._write_notes()
