@@ -14,14 +14,18 @@ pictures at least 20: no false merge on either. A false merge would only join tw
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
 
 NEAR_DUPLICATE_BITS = 14
+_PARALLEL_ROWS = 50_000  # from this many hashes on, bands are searched in parallel threads
 
 
 @dataclass(frozen=True)
@@ -78,11 +82,8 @@ def near_duplicate_pairs(
     labels: Sequence[object] | None = None,
 ) -> list[tuple[str, str]]:
     """Sorted (a, b) pairs of ids whose hex hashes differ in at most `bits` bits; with `labels` (one
-    per hash, e.g. its split), only pairs whose labels differ.
-
-    Pigeonhole: split the hash into bits+1 bands; two hashes within `bits` bits agree exactly on at
-    least one band, so only ids sharing a band value are compared — per band, every pair inside a run
-    of equal band values at once (numpy). Shorter hashes count as zero-padded on the left.
+    per hash, e.g. its split), only pairs whose labels differ. Shorter hashes count as zero-padded
+    on the left.
     """
     listed = list(hashes)
     if len(listed) < 2:
@@ -91,62 +92,181 @@ def near_duplicate_pairs(
     digits = max(len(value) for _, value in listed)
     digits += digits % 2
     raw = np.frombuffer(bytes.fromhex("".join(v.rjust(digits, "0") for _, v in listed)), dtype=np.uint8)
-    words = _words(raw.reshape(len(listed), -1))
+    words = hash_words(raw.reshape(len(listed), -1))
     codes = pd.factorize(np.asarray(labels, dtype=object))[0] if labels is not None else None
-    length = 4 * digits
-    bands = min(bits + 1, length)
-    found: list[np.ndarray] = []
-    offset = 0
-    for width in (length // bands + (1 if i < length % bands else 0) for i in range(bands)):
-        a, b = _same_band_pairs(_band(words, offset, width))
-        offset += width
-        if codes is not None:
-            apart = codes[a] != codes[b]
-            a, b = a[apart], b[apart]
-        close = np.bitwise_count(words[a] ^ words[b]).sum(axis=1) <= bits
-        found.append(np.stack([np.minimum(a[close], b[close]), np.maximum(a[close], b[close])], axis=1))
-    pairs = np.unique(np.concatenate(found), axis=0)
-    named = {(min(ids[a], ids[b]), max(ids[a], ids[b])) for a, b in pairs if ids[a] != ids[b]}
+    pairs = near_duplicate_rows(words, 4 * digits, bits, codes)
+    named = {
+        (min(ids[a], ids[b]), max(ids[a], ids[b]))
+        for a, b in zip((pairs // len(listed)).tolist(), (pairs % len(listed)).tolist(), strict=True)
+        if ids[a] != ids[b]
+    }
     return sorted(named)
 
 
-def _words(raw: np.ndarray) -> np.ndarray:
-    """Rows of hash bytes as big-endian 64-bit words, most significant first (left-padded)."""
-    padded = np.zeros((raw.shape[0], -(-raw.shape[1] // 8) * 8), dtype=np.uint8)
-    padded[:, padded.shape[1] - raw.shape[1] :] = raw
-    words: np.ndarray = padded.view(">u8").astype(np.uint64)
-    return words
+def near_duplicate_rows(
+    words: np.ndarray, length: int, bits: int, labels: np.ndarray | None = None
+) -> np.ndarray:
+    """Sorted codes a * n + b (a < b) of the row pairs of `words` (n hashes of `length` bits as
+    big-endian 64-bit words, see `hash_words`) that differ in at most `bits` bits; with integer
+    `labels`, only pairs whose labels differ.
+
+    Pigeonhole: split the hash into bits+1 bands; two hashes within `bits` bits agree exactly on at
+    least one band, so only rows sharing a band value are compared. Per band one sort of packed
+    (band, label, row) integers puts rows with equal band values in runs, sorted by label inside; every
+    row is paired with the rows of its run that come before it (with labels: that have a smaller
+    label) at once (numpy). A candidate pair is first tested on one 64-bit word outside the band (which
+    alone must be within `bits`), then on the whole hash.
+    """
+    n = len(words)
+    if n < 2:
+        return np.empty(0, dtype=np.int64)
+    search = _BandSearch(words, bits, _by_frequency(labels) if labels is not None else None)
+    bands = min(bits + 1, length)
+    widths = [length // bands + (1 if i < length % bands else 0) for i in range(bands)]
+    offsets = np.cumsum([0, *widths[:-1]]).tolist()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    lanes = min(len(widths), cores, 4) if n >= _PARALLEL_ROWS else 1
+
+    def lane(index: int) -> list[np.ndarray]:
+        workspace = _Workspace(n)  # each lane reuses its buffers from band to band
+        return [search.pairs(offsets[i], widths[i], workspace) for i in range(index, len(widths), lanes)]
+
+    if lanes > 1:  # numpy releases the GIL in sorts, ufuncs and gathers: bands in parallel
+        with ThreadPoolExecutor(lanes) as pool:
+            found = [pairs for done in pool.map(lane, range(lanes)) for pairs in done]
+    else:
+        found = lane(0)
+    pairs: np.ndarray = np.unique(np.concatenate([np.empty(0, dtype=np.int64), *found]))
+    return pairs
 
 
-def _band(words: np.ndarray, offset: int, width: int) -> np.ndarray:
-    """Bits offset..offset+width (from the least significant end) of every row."""
-    word, shift = words.shape[1] - 1 - offset // 64, offset % 64
-    key = words[:, word] >> np.uint64(shift)
-    if shift + width > 64:
-        key |= words[:, word - 1] << np.uint64(64 - shift)
-    key &= np.uint64((1 << width) - 1)
-    band: np.ndarray = key
-    return band
+def hash_words(raw: np.ndarray) -> np.ndarray:
+    """Rows of hash bytes as big-endian 64-bit words, most significant first (left-padded); each
+    column of words is contiguous."""
+    padded = np.ascontiguousarray(raw)
+    if raw.shape[1] % 8 or not raw.shape[1]:
+        padded = np.zeros((raw.shape[0], -(-raw.shape[1] // 8) * 8), dtype=np.uint8)
+        padded[:, padded.shape[1] - raw.shape[1] :] = raw
+    big_endian = padded.view(">u8")
+    words = np.empty((big_endian.shape[1], len(big_endian)), dtype=np.uint64)
+    for index in range(big_endian.shape[1]):
+        words[index] = big_endian[:, index]
+    return words.T
 
 
-def _same_band_pairs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (a, b) of every pair with an equal key."""
-    order = np.argsort(key, kind="stable")
-    ordered = key[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    lengths = np.diff(np.r_[starts, len(order)])
-    starts, lengths = starts[lengths > 1], lengths[lengths > 1]
-    position = np.repeat(starts, lengths) + _within(lengths)
-    rank = _within(lengths)  # members of its run before it: its partners
-    right = np.repeat(position, rank)
-    left = right - _within(rank) - 1
-    return order[left], order[right]
+def _by_frequency(labels: np.ndarray) -> np.ndarray:
+    """Integer labels recoded 0, 1, ... from the most frequent (ties: smallest label first).
+
+    Rows of the most frequent label then start their runs and have no partners of their own.
+    """
+    shifted = np.asarray(labels, dtype=np.int64)
+    shifted = shifted - shifted.min()
+    counts = np.bincount(shifted)
+    rank = np.empty(len(counts), dtype=np.int64)
+    rank[np.argsort(-counts, kind="stable")] = np.arange(len(counts))
+    recoded: np.ndarray = rank[shifted]
+    return recoded
 
 
-def _within(lengths: np.ndarray) -> np.ndarray:
-    """0..n-1 for each n in `lengths`, concatenated."""
-    counts: np.ndarray = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return counts
+class _Workspace:
+    """Buffers of one row each, reused for every band (fresh memory is slow to come by)."""
+
+    def __init__(self, n: int) -> None:
+        self.key, self.order, self.sample, self.spare = (np.empty(n, dtype=np.uint64) for _ in range(4))
+
+
+class _BandSearch:
+    """Close pairs among rows that share one band of bits (see `near_duplicate_rows`)."""
+
+    _PAIRS_PER_BATCH = 1 << 18
+
+    def __init__(self, words: np.ndarray, bits: int, label: np.ndarray | None) -> None:
+        n = len(words)
+        self.words, self.bits, self.label, self.n = words, bits, label, n
+        self.columns = [np.ascontiguousarray(words[:, i]) for i in range(words.shape[1])]
+        self.row_bits = max(1, (n - 1).bit_length())
+        self.label_bits = int(label.max()).bit_length() if label is not None else 0
+        self.rows = np.arange(n, dtype=np.uint64)
+        self.shifted_label = label.astype(np.uint64) << np.uint64(self.row_bits) if label is not None else None
+
+    def pairs(self, offset: int, width: int, workspace: _Workspace) -> np.ndarray:
+        """Codes a * n + b (a < b) of the close pairs with equal bits offset..offset+width (counted from
+        the least significant end)."""
+        columns, bits = self.columns, self.bits
+        word, shift = len(columns) - 1 - offset // 64, offset % 64
+        key = np.right_shift(columns[word], np.uint64(shift), out=workspace.key)
+        if shift + width > 64:
+            key |= np.left_shift(columns[word - 1], np.uint64(64 - shift), out=workspace.spare)
+        key &= np.uint64((1 << width) - 1)
+        order, right_rows, partners, run_start = self._runs(key, width, workspace)
+        outside = [i for i in range(len(columns)) if i not in (word, word - 1)]
+        # cheap rejection on one word outside the band: almost every random candidate differs in > bits there
+        sample = np.take(columns[outside[0]], order, out=workspace.sample, mode="clip") if outside else None
+        found = [np.empty(0, dtype=np.int64)]
+        ends, batch = np.cumsum(partners), self._PAIRS_PER_BATCH
+        cuts = np.searchsorted(ends, np.arange(batch, ends[-1] if len(ends) else 0, batch))
+        bounds = sorted({0, len(partners), *cuts.tolist()})
+        for start, stop in pairwise(bounds):  # batches: small arrays, memory reused
+            counts = partners[start:stop]
+            right = np.repeat(right_rows[start:stop], counts)
+            left = np.arange(len(right)) - np.repeat(np.cumsum(counts) - counts - run_start[start:stop], counts)
+            if sample is not None:
+                near = np.bitwise_count(sample[left] ^ sample[right]) <= bits
+                left, right = left[near], right[near]
+            a, b = order[left], order[right]
+            close = np.bitwise_count(self.words[a] ^ self.words[b]).sum(axis=1, dtype=np.int64) <= bits
+            a, b = a[close], b[close]
+            found.append(np.minimum(a, b) * self.n + np.maximum(a, b))
+        return np.concatenate(found)
+
+    def _runs(
+        self, key: np.ndarray, width: int, workspace: _Workspace
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`order` (rows sorted by key, then label), and the positions in it of the rows that have
+        partners (rows before them with an equal key and, with labels, a smaller label), how many, and
+        where those start."""
+        n, label, row_bits, label_bits = self.n, self.label, self.row_bits, self.label_bits
+        if width + label_bits + row_bits > 64:  # wide bands: argsort (slower)
+            order: np.ndarray = np.lexsort((label, key)) if label is not None else np.argsort(key, kind="stable")
+            run_start = _run_starts(key[order])
+            upto = np.arange(n) if label is None else _run_starts(key[order], label[order])
+            partners = upto - run_start
+            right_rows = np.flatnonzero(partners)
+            return order, right_rows, partners[right_rows], run_start[right_rows]
+        # one sort of packed (key, label, row) integers: much faster than an argsort
+        packed = np.left_shift(key, np.uint64(label_bits + row_bits), out=key)
+        packed |= self.rows
+        if self.shifted_label is not None:
+            packed |= self.shifted_label
+        packed.sort()
+        order = np.bitwise_and(packed, np.uint64((1 << row_bits) - 1), out=workspace.order).view(np.int64)
+        value = np.right_shift(packed, np.uint64(row_bits), out=workspace.spare).view(np.int64)
+        if label is None:  # partners: every row before it in its run
+            run_start = _run_starts(value)
+            partners = np.arange(n) - run_start
+            right_rows = np.flatnonzero(partners)
+            return order, right_rows, partners[right_rows], run_start[right_rows]
+        # partners: the rows of its run with a smaller label (rows of label 0 have none)
+        right_rows = np.flatnonzero(value & ((1 << label_bits) - 1))
+        group = value[right_rows]
+        run = group >> label_bits << label_bits
+        if width + label_bits <= max(20, n.bit_length() + 2):  # where (key, label) values start: count them
+            starts = np.bincount(value, minlength=1 << (width + label_bits))
+            starts = np.cumsum(starts) - starts
+            run_start, group_start = starts[run], starts[group]
+        else:
+            run_start, group_start = np.searchsorted(value, run), np.searchsorted(value, group)
+        return order, right_rows, group_start - run_start, run_start
+
+
+def _run_starts(*ordered: np.ndarray) -> np.ndarray:
+    """For each position of sorted keys (one or more arrays), where its run of equal keys starts."""
+    head = np.zeros(len(ordered[0]), dtype=bool)
+    head[:1] = True
+    for values in ordered:
+        head[1:] |= values[1:] != values[:-1]
+    starts: np.ndarray = np.flatnonzero(head)[np.cumsum(head) - 1]
+    return starts
 
 
 def group_records(

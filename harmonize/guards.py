@@ -7,6 +7,7 @@ shortcut traps (a class that comes from a single source; pediatric-only negative
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,14 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from covid_cxr_unified.harmonize.errors import HarmonizeError
 from covid_cxr_unified.harmonize.features import LABEL_STATE_NAMES
-from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, UnionFind, near_duplicate_pairs
+from covid_cxr_unified.harmonize.groups import (
+    NEAR_DUPLICATE_BITS,
+    UnionFind,
+    hash_words,
+    near_duplicate_pairs,
+    near_duplicate_rows,
+)
 
 GUARD_COLUMNS = (
     "record_id",
@@ -86,13 +92,12 @@ class GuardReport:
 def verify_splits(target: Path | Mapping[str, Any], near_bits: int | None = NEAR_DUPLICATE_BITS) -> GuardReport:
     """Check a build folder, a DatasetDict or a {split: Dataset} mapping (columnar: ~1 s per million rows)."""
     tables = _folder_tables(target) if isinstance(target, Path) else _dataset_tables(target)
-    rows = _unique_rows(tables)
-    report = GuardReport(records=int(rows["record_id"].nunique()))
-    report.leaks += _leaks_by_key(rows, "record", rows["record_id"])
-    report.leaks += _leaks_by_key(rows, "patient", rows["patient_id"])
+    rows = _Rows.of(tables)
+    report = GuardReport(records=rows.records)
+    report.leaks += rows.leaks("record", ["record_id"], _spread(rows.record, rows.split))
+    report.leaks += rows.leaks("patient", ["patient_id"], _spread(rows.codes("patient_id"), rows.split))
     report.leaks += _linked_group_leaks(rows)
-    pictures = pd.concat([rows["sha256"], rows["pixel_sha256"]])
-    report.leaks += _leaks_by_key(rows, "identical picture", pictures)
+    report.leaks += _picture_leaks(rows)
     if near_bits is not None:
         report.leaks += _near_duplicate_leaks(rows, near_bits)
     report.label_by_source = _label_by_source(rows)
@@ -131,119 +136,404 @@ def _select(table: pa.Table, where: str) -> pa.Table:
     return table.select(list(GUARD_COLUMNS))
 
 
-def _unique_rows(tables: Iterable[tuple[str, pa.Table]]) -> pd.DataFrame:
-    """One row per (record, split), first seen kept: the per-source and `all` configs hold the same records."""
-    frames = []
-    for split, table in tables:
-        links = table.column("links")
-        linked = pc.list_value_length(links).fill_null(0).to_numpy(zero_copy_only=False) > 0
-        frame = pd.DataFrame(
-            {
-                "split": split,
-                "record_id": table.column("record_id").to_numpy(zero_copy_only=False),
-                "source": table.column("source").to_numpy(zero_copy_only=False),
-                "patient_id": table.column("patient_id").to_numpy(zero_copy_only=False),
-                "sha256": table.column("image_sha256").to_numpy(zero_copy_only=False),
-                "pixel_sha256": table.column("image_pixel_sha256").to_numpy(zero_copy_only=False),
-                "phash": table.column("image_phash").to_numpy(zero_copy_only=False),
-                "covid19": table.column("covid19").cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False),
-                "age": table.column("age_years").cast(pa.float64()).to_numpy(zero_copy_only=False),
-                "links": None,
-            }
+_STRING_COLUMNS = ("record_id", "source", "patient_id", "image_sha256", "image_pixel_sha256", "image_phash")
+
+
+@dataclass
+class _Rows:
+    """The guard columns of every table end to end, and the rows of them that count (`keep`): one per
+    (record, split), the first seen — the per-source and `all` configs hold the same records.
+
+    Strings stay in Arrow; the checks work on integer codes of the kept rows (`split`; `record`,
+    `source`: -1 when missing) and only the rows of a leak become Python strings.
+    """
+
+    columns: dict[str, pa.ChunkedArray]
+    links: list[pa.ChunkedArray]  # per table: tables may type an all-empty links column differently
+    split_names: list[Any]
+    keep: np.ndarray
+    split: np.ndarray
+    record: np.ndarray
+    records: int
+    source: np.ndarray
+    source_names: list[str]
+    covid19: np.ndarray
+    age: np.ndarray
+
+    @classmethod
+    def of(cls, tables: list[tuple[str, pa.Table]]) -> _Rows:
+        split_names: list[Any] = []
+        split_codes = [np.empty(0, dtype=np.int64)]
+        for name, table in tables:
+            if name not in split_names:
+                split_names.append(name)
+            split_codes.append(np.full(table.num_rows, split_names.index(name), dtype=np.int64))
+        split = np.concatenate(split_codes)
+        columns = {name: _strings([table.column(name) for _, table in tables]) for name in _STRING_COLUMNS}
+        record, record_names = _encode(columns["record_id"])
+        records = len(record_names)
+        missing = np.where(record < 0, records, record)  # a missing id is one more value, as for pandas
+        if len(missing) and np.bincount(missing).max() > 1:  # the same record twice (in other configs)
+            keep = _first_of_each(missing * max(1, len(split_names)) + split)
+        else:
+            keep = np.arange(len(split))
+        source, source_names = _encode(columns["source"])
+        covid19 = [_numbers(table.column("covid19"), pa.int64(), -1) for _, table in tables]
+        age = [_numbers(table.column("age_years"), pa.float64(), None) for _, table in tables]
+        return cls(
+            columns=columns,
+            links=[table.column("links") for _, table in tables],
+            split_names=split_names,
+            keep=keep,
+            split=split[keep],
+            record=record[keep],
+            records=records,
+            source=source[keep],
+            source_names=source_names.to_pylist(),
+            covid19=np.concatenate([np.empty(0, dtype=np.int64), *covid19])[keep],
+            age=np.concatenate([np.empty(0, dtype=np.float64), *age])[keep],
         )
-        if linked.any():  # few records carry links: only theirs are turned into Python objects
-            where = np.flatnonzero(linked)
-            values = links.take(pa.array(where)).to_pylist()
-            column = np.empty(len(frame), dtype=object)
-            column[where] = [tuple(lk["patient_id"] for lk in v if lk["patient_id"]) for v in values]
-            frame["links"] = column
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=["split", "record_id", "source", "patient_id", "sha256", "pixel_sha256", "phash",
-                                     "covid19", "age", "links"])
-    rows = pd.concat(frames, ignore_index=True)
-    rows = rows[~rows.duplicated(["record_id", "split"])].reset_index(drop=True)
-    names = np.array([*LABEL_STATE_NAMES, None], dtype=object)
-    rows["covid19"] = names[rows["covid19"].to_numpy()]
-    return rows
+
+    @property
+    def n(self) -> int:
+        return len(self.keep)
+
+    def codes(self, column: str) -> np.ndarray:
+        """Integer code per kept row of a string column (-1: missing)."""
+        codes: np.ndarray = _encode(self.columns[column])[0][self.keep]
+        return codes
+
+    def linked(self) -> tuple[np.ndarray, list[Any]]:
+        """Kept rows that carry links, and their links (Python values)."""
+        lengths = [pc.list_value_length(links).fill_null(0).to_numpy(zero_copy_only=False) for links in self.links]
+        starts = np.cumsum([0, *(len(x) for x in lengths)])
+        where = np.flatnonzero(np.concatenate([np.empty(0, dtype=np.int64), *lengths])[self.keep] > 0)
+        values: list[Any] = []
+        full = self.keep[where]
+        for links, start, stop in zip(self.links, starts[:-1], starts[1:], strict=True):
+            mine = full[(full >= start) & (full < stop)] - start
+            if len(mine):
+                values += links.take(pa.array(mine, type=pa.int64())).to_pylist()
+        return where, values
+
+    def values(self, column: str, rows: np.ndarray) -> list[Any]:
+        """Python values of a column at kept rows `rows`."""
+        values: list[Any] = self.columns[column].take(pa.array(self.keep[rows], type=pa.int64())).to_pylist()
+        return values
+
+    def leaks(self, kind: str, columns: list[str], entries: np.ndarray, min_patients: int = 1) -> list[Leak]:
+        """A leak per value of `columns` (keys of one kind, e.g. two picture hashes) whose rows lie in more
+        than one split; `entries` (index into the columns' kept rows end to end) are the candidates:
+        every entry of such a value, maybe more."""
+        if not len(entries):
+            return []
+        column, rows = entries // max(1, self.n), entries % max(1, self.n)
+        keys = [key for index, name in enumerate(columns) for key in self.values(name, rows[column == index])]
+        rows = np.concatenate([rows[column == index] for index in range(len(columns))])
+        return self.grouped_leaks(kind, keys, rows, min_patients)
+
+    def grouped_leaks(self, kind: str, keys: list[Any], rows: np.ndarray, min_patients: int = 1) -> list[Leak]:
+        """Leaks of rows `rows` grouped by `keys` (one each, None: no key): groups in more than one split
+        (and of at least `min_patients` patients), by key."""
+        members: dict[Any, list[int]] = {}
+        for key, row in zip(keys, rows.tolist(), strict=True):
+            if key is not None:
+                members.setdefault(key, []).append(row)
+        split = self.split
+        spread = {key: group for key, group in members.items() if len({int(split[r]) for r in group}) > 1}
+        if min_patients > 1:
+            where = np.unique(np.asarray([r for group in spread.values() for r in group], dtype=np.int64))
+            patient = dict(zip(where.tolist(), self.values("patient_id", where), strict=True))
+            spread = {
+                key: group
+                for key, group in spread.items()
+                if len({patient[r] for r in group} - {None}) >= min_patients
+            }
+        if not spread:
+            return []
+        where = np.unique(np.asarray([r for group in spread.values() for r in group], dtype=np.int64))
+        named = zip(where.tolist(), self.values("record_id", where), strict=True)
+        ids = {r: "nan" if i is None else i for r, i in named}  # a missing id reads as pandas printed it
+        leaks = []
+        for key in sorted(spread):
+            group = spread[key]
+            splits = [self.split_names[split[r]] for r in group]
+            records = (f"{ids[r]}@{s}" for r, s in zip(group, splits, strict=True))
+            leaks.append(_leak(kind, str(key), splits, records))
+        return leaks
+
+
+def _strings(columns: list[pa.ChunkedArray]) -> pa.ChunkedArray:
+    """The chunks of a string column of every table as one column (an all-null column may be typed null)."""
+    chunks = [chunk for column in columns for chunk in column.chunks]
+    chunks = [c if pa.types.is_string(c.type) or pa.types.is_large_string(c.type) else c.cast(pa.string())
+              for c in chunks]
+    if any(pa.types.is_large_string(c.type) for c in chunks):
+        chunks = [c.cast(pa.large_string()) for c in chunks]
+    return pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.string())
+
+
+def _numbers(column: pa.ChunkedArray, type_: pa.DataType, fill: int | None) -> np.ndarray:
+    cast = column.cast(type_)
+    values: np.ndarray = (cast if fill is None else cast.fill_null(fill)).to_numpy(zero_copy_only=False)
+    return values
+
+
+def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """An integer code per value (-1: missing) and the distinct values."""
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    codes: np.ndarray = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, encoded.dictionary
+
+
+def _first_of_each(values: np.ndarray) -> np.ndarray:
+    """Positions of the first occurrence of each value (non-negative integers), ascending."""
+    if not len(values):
+        return np.empty(0, dtype=np.int64)
+    first = np.full(int(values.max()) + 1, len(values), dtype=np.int64)
+    np.minimum.at(first, values, np.arange(len(values)))
+    kept: np.ndarray = np.sort(first[first < len(values)])
+    return kept
+
+
+def _last_of_each(values: np.ndarray) -> np.ndarray:
+    """Positions of the last occurrence of each value (non-negative integers), ascending."""
+    if not len(values):
+        return np.empty(0, dtype=np.int64)
+    last = np.full(int(values.max()) + 1, -1, dtype=np.int64)
+    np.maximum.at(last, values, np.arange(len(values)))
+    kept: np.ndarray = np.sort(last[last >= 0])
+    return kept
+
+
+def _spread(keys: np.ndarray, splits: np.ndarray) -> np.ndarray:
+    """Positions of the keys (non-negative integers; -1: none) that occur in more than one split."""
+    valid = keys >= 0
+    if not valid.any():
+        return np.empty(0, dtype=np.int64)
+    safe = np.where(valid, keys, 0)
+    some = np.zeros(int(keys.max()) + 1, dtype=splits.dtype)
+    some[keys[valid]] = splits[valid]  # one split of each key (any): a key with an entry in another spreads
+    spread = np.zeros(len(some), dtype=bool)
+    spread[keys[valid & (splits != some[safe])]] = True
+    entries: np.ndarray = np.flatnonzero(valid & spread[safe])
+    return entries
+
+
+def _spread_hashed(hashes: np.ndarray, valid: np.ndarray, splits: np.ndarray) -> np.ndarray:
+    """Like `_spread` for 64-bit hashes of keys (sorted instead of counted): positions of every hash
+    that occurs in more than one split (so every key that does, and maybe some that collide)."""
+    bits = max(1, int(splits.max(initial=0)).bit_length())
+    high = hashes >> np.uint64(bits)
+    packed = (high[valid] << np.uint64(bits)) | splits[valid].astype(np.uint64)
+    packed.sort()
+    top = packed >> np.uint64(bits)
+    spread = np.unique(top[1:][(top[1:] == top[:-1]) & (packed[1:] != packed[:-1])])
+    if not len(spread):
+        return np.empty(0, dtype=np.int64)
+    found = spread[np.minimum(np.searchsorted(spread, high), len(spread) - 1)] == high
+    entries: np.ndarray = np.flatnonzero(found & valid)
+    return entries
+
+
+def _fixed_width(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """(valid mask, bytes of the valid values as rows) of a string array whose values all have the same
+    length (and missing values none); None otherwise."""
+    n = len(chunk)
+    offsets = np.frombuffer(
+        chunk.buffers()[1],
+        dtype=np.int64 if pa.types.is_large_string(chunk.type) else np.int32,
+        count=n + 1,
+        offset=chunk.offset * (8 if pa.types.is_large_string(chunk.type) else 4),
+    ) if n else np.zeros(1, dtype=np.int32)
+    valid = chunk.is_valid().to_numpy(zero_copy_only=False) if chunk.null_count else np.ones(n, dtype=bool)
+    lengths = np.diff(offsets)
+    width = int(lengths[valid][0]) if valid.any() else 0
+    if (lengths != np.where(valid, width, 0)).any():
+        return None
+    data = chunk.buffers()[2]
+    if data is None or not width:
+        return valid, np.zeros((int(valid.sum()), width), dtype=np.uint8)
+    values = np.frombuffer(data, dtype=np.uint8)[int(offsets[0]) : int(offsets[-1])]
+    return valid, values.reshape(-1, width)
+
+
+def _fingerprints(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(64-bit hash, valid mask) of each value when every chunk holds values of one length."""
+    hashes, valids = [np.empty(0, dtype=np.uint64)], [np.empty(0, dtype=bool)]
+    for chunk in column.chunks:
+        fixed = _fixed_width(chunk)
+        if fixed is None:
+            return None
+        valid, values = fixed
+        padded = values
+        if values.shape[1] % 8 or not values.shape[1]:
+            padded = np.zeros((len(values), -(-values.shape[1] // 8) * 8), dtype=np.uint8)
+            padded[:, : values.shape[1]] = values
+        words = padded.view(np.uint64)
+        mixed = np.full(len(values), values.shape[1], dtype=np.uint64)
+        for index in range(words.shape[1]):
+            mixed ^= words[:, index]
+            mixed *= np.uint64(0x9E3779B97F4A7C15)
+            mixed ^= mixed >> np.uint64(29)
+        full = np.zeros(len(chunk), dtype=np.uint64)
+        full[valid] = mixed
+        hashes.append(full)
+        valids.append(valid)
+    return np.concatenate(hashes), np.concatenate(valids)
 
 
 def _leak(kind: str, key: str, splits: Iterable[str], records: Iterable[str]) -> Leak:
     return Leak(kind=kind, key=key, splits=tuple(sorted(set(splits))), records=tuple(sorted(set(records))))
 
 
-def _leaks_by_key(rows: pd.DataFrame, kind: str, keys: pd.Series) -> list[Leak]:
-    """A leak per key whose rows lie in more than one split; `keys` is indexed by row (repeats allowed)."""
-    frame = pd.DataFrame({"key": keys.to_numpy(), "row": keys.index.to_numpy()}).dropna()
-    if frame.empty:
+def _linked_group_leaks(rows: _Rows) -> list[Leak]:
+    """Patients linked across sources (through the links records carry) must share a split."""
+    linked, links = rows.linked()
+    if not len(linked):
         return []
-    frame["split"] = rows["split"].to_numpy()[frame["row"].to_numpy()]
-    spread = frame.groupby("key", sort=False)["split"].nunique()
-    bad = spread[spread > 1].index
-    if kind == "linked patient group":
-        patients = rows["patient_id"].to_numpy()
-        frame["patient"] = patients[frame["row"].to_numpy()]
-        many = frame.groupby("key", sort=False)["patient"].nunique()
-        bad = bad.intersection(many[many > 1].index)
-    leaks = []
-    ids, splits = rows["record_id"].to_numpy(), rows["split"].to_numpy()
-    for key, group in frame[frame["key"].isin(bad)].groupby("key", sort=True):
-        members = group["row"].to_numpy()
-        records = (f"{r}@{s}" for r, s in zip(ids[members], splits[members], strict=True))
-        leaks.append(_leak(kind, str(key), splits[members], records))
-    return leaks
-
-
-def _linked_group_leaks(rows: pd.DataFrame) -> list[Leak]:
     uf = UnionFind()
-    for patient, linked in zip(rows["patient_id"], rows["links"], strict=True):
-        for other in linked or ():
+    for patient, values in zip(rows.values("patient_id", linked), links, strict=True):
+        for other in (lk["patient_id"] for lk in values if lk["patient_id"]):
             uf.union(patient, other)
-    if not list(uf.items()):
-        return []
-    root = {patient: uf.find(patient) for patient in list(uf.items())}
-    keys = pd.Series([root.get(p, p) for p in rows["patient_id"]], index=rows.index)
-    return _leaks_by_key(rows, "linked patient group", keys)
+    members = list(uf.items())
+    in_group = pc.is_in(rows.columns["patient_id"], value_set=pa.array(members, type=pa.string()))
+    if any(member is None for member in members):  # as before: a record without patient but with links
+        in_group = pc.or_kleene(in_group, pc.is_null(rows.columns["patient_id"]))
+    where = np.flatnonzero(in_group.fill_null(False).to_numpy(zero_copy_only=False)[rows.keep])
+    keys = [uf.find(p) for p in rows.values("patient_id", where)]
+    return rows.grouped_leaks("linked patient group", keys, where, min_patients=2)
 
 
-def _near_duplicate_leaks(rows: pd.DataFrame, bits: int) -> list[Leak]:
+def _picture_leaks(rows: _Rows) -> list[Leak]:
+    """Identical file bytes or decoded pixels in more than one split (both hashes are one kind of key)."""
+    columns = ["image_sha256", "image_pixel_sha256"]
+    splits = np.tile(rows.split, 2)
+    hashed = [_fingerprints(rows.columns[name]) for name in columns]
+    if all(h is not None for h in hashed):  # fixed-width hex digests: hashed and sorted, not dictionary-encoded
+        hashes = np.concatenate([h[0][rows.keep] for h in hashed if h is not None])
+        valid = np.concatenate([h[1][rows.keep] for h in hashed if h is not None])
+        entries = _spread_hashed(hashes, valid, splits)
+    else:
+        both = pa.chunked_array([c for name in columns for c in rows.columns[name].chunks])
+        codes, _ = _encode(both)
+        total = len(rows.columns[columns[0]])
+        entries = _spread(np.concatenate([codes[:total][rows.keep], codes[total:][rows.keep]]), splits)
+    return rows.leaks("identical picture", columns, entries)
+
+
+def _near_duplicate_leaks(rows: _Rows, bits: int) -> list[Leak]:
     """Pairs of records in different splits whose perceptual hashes differ in at most `bits` bits."""
-    last = rows[~rows["record_id"].duplicated(keep="last")]  # as before: a record's last row stands for it
-    last = last[last["phash"].notna()]
-    split_of = dict(zip(last["record_id"], last["split"], strict=True))
-    hashes = zip(last["record_id"], last["phash"], strict=True)
-    pairs = near_duplicate_pairs(hashes, bits, labels=list(last["split"]))
+    last = _last_of_each(np.where(rows.record < 0, rows.records, rows.record))  # a record's last row stands for it
+    column = rows.columns["image_phash"]
+    parsed = _hex_words(column)  # all rows at once (no copy of the strings) ...
+    if parsed is None:  # ... or the rows that count
+        column = column.take(pa.array(rows.keep[last], type=pa.int64()))
+        parsed = _hex_words(column)
+        last = last[column.is_valid().to_numpy(zero_copy_only=False)]
+        words = parsed[0] if parsed is not None else None
+    else:
+        valid = parsed[1]
+        last = last[valid[rows.keep[last]]]
+        words = parsed[0]
+        if len(last) != len(words):  # not every hashed row counts: gather those that do
+            words = _take_rows(words, (np.cumsum(valid) - 1)[rows.keep[last]])
+    if parsed is None or words is None:  # not all of one even length, or not plain hex: as the build does it
+        record_ids, splits = rows.values("record_id", last), [rows.split_names[s] for s in rows.split[last]]
+        split_of = dict(zip(record_ids, splits, strict=True))
+        hashes = zip(record_ids, column.drop_null().to_pylist(), strict=True)
+        pairs = near_duplicate_pairs(hashes, bits, labels=splits)
+    else:
+        found = near_duplicate_rows(words, parsed[2], bits, rows.split[last])
+        first, second = found // max(1, len(last)), found % max(1, len(last))
+        where = np.unique(np.concatenate([first, second]))
+        ids = dict(zip(where.tolist(), rows.values("record_id", last[where]), strict=True))
+        split_of = {ids[i]: rows.split_names[rows.split[last[i]]] for i in where.tolist()}
+        named = ((ids[a], ids[b]) for a, b in zip(first.tolist(), second.tolist(), strict=True))
+        pairs = sorted({(min(a, b), max(a, b)) for a, b in named if a != b})
     return [
         _leak("near-duplicate picture", f"{a}~{b}", (split_of[a], split_of[b]), (f"{a}@{split_of[a]}", f"{b}@{split_of[b]}"))  # noqa: E501
         for a, b in pairs
     ]
 
 
-def _label_by_source(rows: pd.DataFrame) -> dict[str, dict[str, dict[str, int]]]:
-    states = rows["covid19"].fillna("missing")
-    counts = pd.DataFrame({"split": rows["split"], "source": rows["source"], "state": states}).value_counts()
+def _hex_words(hashes: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(64-bit words of the present values, which values are present, bit length) of hex strings all
+    of one even length, parsed in bulk; None for anything else."""
+    parts, valid, widths = [], [np.empty(0, dtype=bool)], set()
+    for chunk in hashes.chunks:
+        fixed = _fixed_width(chunk)
+        if fixed is None:
+            return None
+        valid.append(fixed[0])
+        if len(fixed[1]):
+            parts.append(fixed[1])
+            widths.add(fixed[1].shape[1])
+    if len(widths) != 1 or min(widths) % 2:
+        return None
+    try:
+        raw = [np.frombuffer(binascii.unhexlify(np.ascontiguousarray(part).data), dtype=np.uint8) for part in parts]
+    except binascii.Error:
+        return None
+    width = widths.pop()
+    joined = raw[0] if len(raw) == 1 else np.concatenate(raw)
+    return hash_words(joined.reshape(-1, width // 2)), np.concatenate(valid), 4 * width
+
+
+def _take_rows(words: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of `words`, each column contiguous."""
+    taken = np.empty((words.shape[1], len(rows)), dtype=words.dtype)
+    for index in range(words.shape[1]):
+        taken[index] = words[:, index][rows]
+    return taken.T
+
+
+def _label_by_source(rows: _Rows) -> dict[str, dict[str, dict[str, int]]]:
+    names, state = _states(rows)
+    sources = max(1, len(rows.source_names))
+    known = rows.source >= 0  # as pandas' value_counts: rows without a source are left out
+    combined = (rows.split[known] * sources + rows.source[known]) * len(names) + state[known]
+    counts = np.bincount(combined, minlength=len(rows.split_names) * sources * len(names))
+    tally: dict[tuple[str, str, str], int] = {}
+    for code in np.flatnonzero(counts).tolist():
+        split, rest = divmod(code, sources * len(names))
+        key = (rows.split_names[split], rows.source_names[rest // len(names)], names[rest % len(names)])
+        tally[key] = tally.get(key, 0) + int(counts[code])
     table: dict[str, dict[str, dict[str, int]]] = {}
-    for key, n in sorted(counts.items()):
-        split, source, state = (str(part) for part in key)  # type: ignore[attr-defined]
-        table.setdefault(split, {}).setdefault(source, {})[state] = int(n)
+    for key, n in sorted(tally.items()):
+        split_name, source_name, state_name = (str(part) for part in key)
+        table.setdefault(split_name, {}).setdefault(source_name, {})[state_name] = n
     return table
 
 
-def _shortcut_warnings(rows: pd.DataFrame) -> list[str]:
+def _states(rows: _Rows) -> tuple[list[str], np.ndarray]:
+    """covid19 state names ('missing' for none) and the index of each kept row's state in them."""
+    names = [*LABEL_STATE_NAMES, "missing"]
+    index: np.ndarray = np.arange(len(names))[rows.covid19]  # -1 (none) is the last; out of range raises
+    return names, index
+
+
+def _shortcut_warnings(rows: _Rows) -> list[str]:
+    names, state = _states(rows)
+    sources = [*rows.source_names, "nan"]  # as pandas: a missing source is one more value, nan
+    source = np.where(rows.source < 0, len(sources) - 1, rows.source)
+    positive, negative = names.index("positive"), names.index("negative")
     warnings = []
-    for split in sorted(rows["split"].unique()):
-        in_split = rows[rows["split"] == split]
-        sources = set(in_split["source"])
-        for state in ("positive", "negative"):
-            with_state = set(in_split.loc[in_split["covid19"] == state, "source"])
-            if len(sources) > 1 and len(with_state) == 1:
+    for split in sorted(range(len(rows.split_names)), key=lambda code: rows.split_names[code]):
+        mine = rows.split == split
+        if not mine.any():
+            continue
+        name = rows.split_names[split]
+        present = np.unique(source[mine])
+        for label, code in (("positive", positive), ("negative", negative)):
+            with_state = np.unique(source[mine & (state == code)])
+            if len(present) > 1 and len(with_state) == 1:
                 warnings.append(
-                    f"{split}: every covid19 '{state}' comes from {with_state.pop()}; "
+                    f"{name}: every covid19 '{label}' comes from {sources[with_state[0]]}; "
                     "a model can learn the source instead of the label"
                 )
-        ages = in_split[in_split["age"].notna()]
-        negative_ages = ages.loc[ages["covid19"] == "negative", "age"]
-        positive_ages = ages.loc[ages["covid19"] == "positive", "age"]
+        aged = mine & ~np.isnan(rows.age)
+        negative_ages, positive_ages = rows.age[aged & (state == negative)], rows.age[aged & (state == positive)]
         if len(negative_ages) and len(positive_ages) and negative_ages.max() < ADULT_AGE <= positive_ages.min():
-            warnings.append(f"{split}: covid19 negatives are all pediatric, positives all adult; age is a shortcut")
+            warnings.append(f"{name}: covid19 negatives are all pediatric, positives all adult; age is a shortcut")
     return warnings

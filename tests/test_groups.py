@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import covid_cxr_unified.harmonize.groups as groups_module
 from covid_cxr_unified.adapters.pixels import dhash, hamming, pixel_sha256
 from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, RecordKeys, group_records, near_duplicate_pairs
 from covid_cxr_unified.harmonize.splits import SplitRatios, assign_split
@@ -63,6 +64,41 @@ def test_near_duplicate_pairs_match_brute_force() -> None:
         (min(a, b), max(a, b)) for (a, ha), (b, hb) in itertools.combinations(hashes, 2) if hamming(ha, hb) <= 4
     )
     assert near_duplicate_pairs(hashes, 4) == brute and len(brute) >= 5
+
+
+def _brute_force(hashes: list[tuple[str, str]], bits: int, labels: list[str] | None) -> list[tuple[str, str]]:
+    label_of = dict(zip((key for key, _ in hashes), labels or [""] * len(hashes), strict=True))
+    return sorted(
+        {
+            (min(a, b), max(a, b))
+            for (a, ha), (b, hb) in itertools.combinations(hashes, 2)
+            if hamming(ha, hb) <= bits and a != b and (labels is None or label_of[a] != label_of[b])
+        }
+    )
+
+
+@pytest.mark.parametrize("bits", [3, 4, 14])
+@pytest.mark.parametrize("with_labels", [False, True])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_near_duplicate_pairs_with_labels_bands_and_batches_match_brute_force(
+    bits: int, with_labels: bool, parallel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bits 3: 64-bit bands (argsort); 4: 52-bit bands (packed sort); 14: 18-bit bands (counted run
+    starts). In parallel: threads over bands and pairs checked in small batches, as for large inputs."""
+    if parallel:
+        monkeypatch.setattr(groups_module, "_PARALLEL_ROWS", 2)
+        monkeypatch.setattr(groups_module._BandSearch, "_PAIRS_PER_BATCH", 7)
+    rng = random.Random(bits)
+    bases = [rng.getrandbits(256) for _ in range(12)]
+    hashes = []
+    for i in range(150):  # clusters of close hashes, some far ones: pairs within, around and beyond `bits`
+        value = rng.choice(bases)
+        for _ in range(rng.randint(0, 2 * bits + 2)):
+            value ^= 1 << rng.randrange(256)
+        hashes.append((f"r{i}", f"{value:064x}"))
+    labels = [rng.choice(["train", "validation", "test"]) for _ in hashes] if with_labels else None
+    brute = _brute_force(hashes, bits, labels)
+    assert near_duplicate_pairs(hashes, bits, labels=labels) == brute and len(brute) >= 10
 
 
 def test_components_join_links_id_maps_and_pictures() -> None:

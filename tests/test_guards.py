@@ -99,3 +99,65 @@ def test_shortcut_warnings_name_the_source() -> None:
     assert report.ok
     assert any("every covid19 'positive' comes from a" in w for w in report.warnings)
     assert any("negatives are all pediatric" in w for w in report.warnings)
+
+
+def _write_configs(folder: Path, splits_by_config: dict[str, dict[str, str]]) -> None:
+    """Shards of the same four records in several configs, each record in the split given per config."""
+    import pyarrow as pa
+
+    from covid_cxr_unified.harmonize.features import FEATURES
+
+    schema = FEATURES.arrow_schema
+    r1_phash = f"{(1 << 255) | 0xF0F0:064x}"
+    r4_phash = f"{(1 << 255) | 0xF0F0 | 0b101 << 100:064x}"  # 2 bits from r1's: a near-duplicate picture
+    records = {
+        "ieee8023:r1": ("ieee8023:p1", "a" * 64, "b" * 64, r1_phash),
+        "ieee8023:r2": ("ieee8023:p1", "c" * 64, "d" * 64, "f" * 64),
+        "ieee8023:r3": ("ieee8023:p2", "e" * 64, "f" * 64, f"{(1 << 200) - 1:064x}"),
+        "ieee8023:r4": ("ieee8023:p3", "1" * 64, "2" * 64, r4_phash),
+    }
+    for config, split_of in splits_by_config.items():
+        for split in sorted(set(split_of.values())):
+            ids = [r for r in records if split_of[r] == split]
+            table = pa.table(
+                {
+                    "record_id": ids,
+                    "source": ["ieee8023"] * len(ids),
+                    "patient_id": [records[r][0] for r in ids],
+                    "links": pa.array([[] for _ in ids], type=schema.field("links").type),
+                    "image_sha256": [records[r][1] for r in ids],
+                    "image_pixel_sha256": [records[r][2] for r in ids],
+                    "image_phash": [records[r][3] for r in ids],
+                    "covid19": pa.array([0] * len(ids), type=schema.field("covid19").type),
+                    "age_years": [50.0] * len(ids),
+                }
+            )
+            (folder / "data" / config).mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, folder / "data" / config / f"{split}-00000-of-00001.parquet")
+
+
+def test_leaks_across_configs_are_reported_once_each(tmp_path: Path) -> None:
+    placed = {"ieee8023:r1": "train", "ieee8023:r2": "train", "ieee8023:r3": "test", "ieee8023:r4": "validation"}
+    _write_configs(tmp_path / "same", {"all": placed, "ieee8023": placed})
+    report = verify_splits(tmp_path / "same")
+    assert report.records == 4
+    assert [(leak.kind, leak.key, leak.splits, leak.records) for leak in report.leaks] == [
+        (
+            "near-duplicate picture",
+            "ieee8023:r1~ieee8023:r4",
+            ("train", "validation"),
+            ("ieee8023:r1@train", "ieee8023:r4@validation"),
+        )
+    ]
+    assert report.label_by_source["train"] == {"ieee8023": {"positive": 2}}  # not counted once per config
+    moved = {**placed, "ieee8023:r2": "test"}  # the per-source config disagrees with `all` about r2
+    _write_configs(tmp_path / "moved", {"all": placed, "ieee8023": moved})
+    report = verify_splits(tmp_path / "moved", near_bits=None)
+    both = ("test", "train")
+    assert [(leak.kind, leak.key, leak.splits, leak.records) for leak in report.leaks] == [
+        ("record", "ieee8023:r2", both, ("ieee8023:r2@test", "ieee8023:r2@train")),
+        ("patient", "ieee8023:p1", both, ("ieee8023:r1@train", "ieee8023:r2@test", "ieee8023:r2@train")),
+        ("identical picture", "c" * 64, both, ("ieee8023:r2@test", "ieee8023:r2@train")),
+        ("identical picture", "d" * 64, both, ("ieee8023:r2@test", "ieee8023:r2@train")),
+    ]
+    assert report.records == 4 and report.label_by_source["test"] == {"ieee8023": {"positive": 2}}
