@@ -136,9 +136,10 @@ class BuildResult:
 
 @dataclass
 class _Spooled:
-    """Pass-1 output of one source."""
+    """Pass-1 output of one source (its adapter, with the discovery index, is gone by then)."""
 
-    adapter: Adapter
+    source: str
+    report: AdapterReport
     spools: list[Path] = field(default_factory=list)  # one shard per unit with records, in unit order
     keys: list[RecordKeys] = field(default_factory=list)
     same_image: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -230,14 +231,13 @@ class _Timer:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
 
 
-def _accounting(adapters: Sequence[Adapter]) -> str:
+def _accounting(reports: Sequence[AdapterReport]) -> str:
     """'ieee8023: 13 items = 0 records + 4 excluded + 9 quarantined (image missing 9)' per source."""
     parts = []
-    for adapter in adapters:
-        r = adapter.report
+    for r in reports:
         reasons = ", ".join(f"{reason} {n}" for reason, n in r.quarantined.most_common(3))
         parts.append(
-            f"{adapter.name.value}: {r.input_items} items = {r.records} records + {sum(r.excluded.values())} "
+            f"{r.source}: {r.input_items} items = {r.records} records + {sum(r.excluded.values())} "
             f"excluded + {sum(r.quarantined.values())} quarantined" + (f" ({reasons})" if reasons else "")
         )
     return "; ".join(parts)
@@ -247,16 +247,10 @@ def _build_in(
     staging: Path, specs: Sequence[SourceSpec], options: BuildOptions, id_map: list[tuple[str, str]]
 ) -> BuildResult:
     timer = _Timer()
-    paths = {spec.source: spec.path for spec in specs}
-    adapters = [make_adapter(spec, options, paths) for spec in sorted(specs, key=lambda s: s.source)]
-    with timer.step("discover"):
-        for adapter in tqdm(adapters, desc="discover", unit=" sources", disable=not options.progress):
-            adapter.discover()
-    with timer.step("pass 1: units"):
-        spooled, stats, inputs = _run_units(adapters, staging, options, id_map)
+    spooled, stats, inputs = _pass_one(staging, specs, options, id_map, timer)
     keys = [key for s in spooled for key in s.keys]
     if not keys:
-        raise BuildError(f"nothing to build: no source gave a record ({_accounting(adapters)})")
+        raise BuildError(f"nothing to build: no source gave a record ({_accounting([s.report for s in spooled])})")
     with timer.step("pass 2: groups and splits"):
         grouping = group_records(keys, id_map, options.near_duplicate_bits)
         split_of = _assign_splits(keys, grouping, options)
@@ -293,6 +287,20 @@ def _build_in(
 
 
 # --- pass 1: units -> validate, filter, spool --------------------------------------------------------
+
+
+def _pass_one(
+    staging: Path, specs: Sequence[SourceSpec], options: BuildOptions, id_map: list[tuple[str, str]], timer: _Timer
+) -> tuple[list[_Spooled], UnitStats, list[str]]:
+    """Discover every source and run its units. The adapters, with their discovery indexes (the
+    larger part of a build's memory), are dropped on return: later passes need only their reports."""
+    paths = {spec.source: spec.path for spec in specs}
+    adapters = [make_adapter(spec, options, paths) for spec in sorted(specs, key=lambda s: s.source)]
+    with timer.step("discover"):
+        for adapter in tqdm(adapters, desc="discover", unit=" sources", disable=not options.progress):
+            adapter.discover()
+    with timer.step("pass 1: units"):
+        return _run_units(adapters, staging, options, id_map)
 
 
 def _options_digest(options: BuildOptions, id_map: list[tuple[str, str]]) -> str:
@@ -345,7 +353,7 @@ def _run_units(
     spooled = []
     for adapter in adapters:
         name = adapter.name.value
-        one = _Spooled(adapter=adapter)
+        one = _Spooled(source=name, report=adapter.report)
         for job in units[name]:
             result = results[(name, job.unit.index)]
             _merge(one, result)
@@ -446,14 +454,14 @@ def _close(
 def _write_source_config(
     spooled: _Spooled, split_of: dict[str, str], staging: Path, options: BuildOptions
 ) -> ConfigResult:
-    name = spooled.adapter.name.value
+    name = spooled.source
     writers = _split_writers(staging, name, options)
     with tqdm(total=len(spooled.keys), desc=f"route {name}", unit=" records", disable=not options.progress) as bar:
         for table in _spool_batches(spooled.spools):
             _route(table, split_of, writers)
             bar.update(table.num_rows)
     counts, sizes, shards = _close(writers, staging)
-    return ConfigResult(name, counts, sizes, shards, spooled.licenses, spooled.adapter.report)
+    return ConfigResult(name, counts, sizes, shards, spooled.licenses, spooled.report)
 
 
 def _merge_plan(spooled: list[_Spooled]) -> dict[str, list[str]]:
@@ -533,7 +541,7 @@ def _write_all_shards(
     writers = _split_writers(staging, ALL_CONFIG, options)
     licenses: Counter[str] = Counter()
     for s in spooled:
-        if s.adapter.name.value not in involved:
+        if s.source not in involved:
             continue
         for table in _spool_batches(s.spools):
             rows = _merge_batch(table, plan, secondaries, extra)
