@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -273,18 +273,23 @@ def sample_key(record_id: str) -> str:
     return hashlib.sha256(f"{SAMPLE_KEY}\0{record_id}".encode()).hexdigest()
 
 
-def choose_sample(rows: Sequence[Mapping[str, Any]], n: int) -> list[str]:
+def choose_sample(rows: Iterable[Mapping[str, Any]], n: int) -> list[str]:
     """`n` record ids, chosen deterministically: sources take turns (so every source of an `all`
     config shows), and within a source records with masks alternate with records without (so
     overlays show when a source has them); each list is in `sample_key` order. Rows needs
     `record_id`, `source` and `masks` (anything truthy when the row has masks); a row whose `image`
-    is given and None is never chosen. The result is grouped by source, in sample order within a source."""
+    is given and None is never chosen. The result is grouped by source, in sample order within a source.
+    Memory is bounded by `n`, not by the rows: only the first `n` of each list can be chosen."""
     by_source: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = defaultdict(lambda: ([], []))
     for row in rows:
         if "image" in row and row["image"] is None:
             continue
         masked, plain = by_source[str(row["source"])]
-        (masked if row.get("masks") else plain).append((sample_key(row["record_id"]), row["record_id"]))
+        kept = masked if row.get("masks") else plain
+        kept.append((sample_key(row["record_id"]), row["record_id"]))
+        if len(kept) >= 2 * n + 64:
+            kept.sort()
+            del kept[n:]
     queues: dict[str, list[str]] = {}
     for source, (masked, plain) in sorted(by_source.items()):
         masked.sort()
@@ -606,6 +611,16 @@ def _split_rank(split: str) -> int:
 # --- one call per config ----------------------------------------------------------------------
 
 
+def _sample_candidates(keys: pa.Table) -> Iterator[dict[str, Any]]:
+    """`choose_sample` rows (record_id, source, has masks) of a table, a slice at a time."""
+    for start in range(0, keys.num_rows, 10_000):
+        part = keys.slice(start, 10_000)
+        has_masks = pc.greater(pc.fill_null(pc.list_value_length(part.column("masks")), 0), 0)
+        columns = (part.column("record_id").to_pylist(), part.column("source").to_pylist(), has_masks.to_pylist())
+        for rid, source, masked in zip(*columns, strict=True):
+            yield {"record_id": rid, "source": source, "masks": masked}
+
+
 def render_card_figures(
     build_dir: Path,
     config: str,
@@ -626,19 +641,7 @@ def render_card_figures(
     out = build_dir / "images" if out_dir is None else out_dir
     plot_rows = read_config(build_dir, config, PLOT_COLUMNS, shards=shards)
     keys = read_config(build_dir, config, ("record_id", "source", "masks"), shards=shards)
-    candidates = []
-    if keys.num_rows:
-        has_masks = pc.greater(pc.fill_null(pc.list_value_length(keys.column("masks")), 0), 0)
-        candidates = [
-            {"record_id": rid, "source": source, "masks": masked}
-            for rid, source, masked in zip(
-                keys.column("record_id").to_pylist(),
-                keys.column("source").to_pylist(),
-                has_masks.to_pylist(),
-                strict=True,
-            )
-        ]
-    chosen = choose_sample(candidates, samples)
+    chosen = choose_sample(_sample_candidates(keys), samples)
     picked = _rows(read_config(build_dir, config, SHEET_COLUMNS, record_ids=chosen, shards=shards), SHEET_COLUMNS)
     by_id = {r["record_id"]: r for r in picked if r["image"] is not None}
     ordered = [by_id[rid] for rid in chosen if rid in by_id]

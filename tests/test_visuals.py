@@ -32,6 +32,7 @@ from covid_cxr_unified.harmonize.visuals import (
     read_config,
     render_card_figures,
     render_tile,
+    sample_key,
 )
 from covid_cxr_unified.schema.vocab import Source
 
@@ -176,6 +177,16 @@ def test_sample_is_deterministic_mixed_and_order_free() -> None:
     assert ieee[0] in masked_ids and ieee[1] not in masked_ids  # masked and unmasked alternate
     without_image = [{**r, "image": None} for r in rows[:5]]
     assert not set(choose_sample(without_image, 5))
+
+
+def test_sample_from_many_rows_keeps_only_a_few_yet_picks_the_first_in_sample_order() -> None:
+    rows = _candidates(900, "bimcv", masked_every=7) + _candidates(400, "ieee8023")
+    chosen = choose_sample(iter(rows), 6)  # a stream: far more rows than the 2n+64 it keeps per list
+    by_key = sorted(rows, key=lambda r: sample_key(r["record_id"]))
+    first_masked = [r["record_id"] for r in by_key if r["source"] == "bimcv" and r["masks"]][:2]
+    first_plain = [r["record_id"] for r in by_key if r["source"] == "bimcv" and not r["masks"]][:2]
+    first_ieee = [r["record_id"] for r in by_key if r["source"] == "ieee8023"][:3]
+    assert chosen == [first_masked[0], first_plain[0], first_masked[1], *first_ieee]
 
 
 def test_sample_keeps_its_members_when_unrelated_records_are_added() -> None:
