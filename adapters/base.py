@@ -33,7 +33,7 @@ from covid_cxr_unified.adapters.limits import DEFAULT_MAX_ARCHIVE_MEMBERS as DEF
 from covid_cxr_unified.adapters.limits import DEFAULT_MAX_IMAGE_PIXELS as DEFAULT_MAX_IMAGE_PIXELS
 from covid_cxr_unified.adapters.limits import DEFAULT_MAX_JSON_BYTES as DEFAULT_MAX_JSON_BYTES
 from covid_cxr_unified.adapters.limits import IMAGE_FORMATS, max_image_bytes
-from covid_cxr_unified.adapters.pixels import dhash, pixel_sha256
+from covid_cxr_unified.adapters.pixels import picture_hashes
 from covid_cxr_unified.schema.record import ImageRef, Record
 from covid_cxr_unified.schema.vocab import Source
 
@@ -212,6 +212,8 @@ def files_checksum(root: Path, names: Iterable[str]) -> str:
             line = f"{name}\t{hashlib.file_digest(handle, 'sha256').hexdigest()}\n"
         digest.update(line.encode(errors="surrogateescape"))
     return digest.hexdigest()
+
+
 _BITS_BY_MODE = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "CMYK": 8, "I;16": 16, "I;16B": 16}
 
 
@@ -226,7 +228,7 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
                 raise QuarantineItem("image too large", f"{width}x{height} > {max_pixels} pixels")
             img.load()
             fmt, mode = img.format or "unknown", img.mode
-            identity, near = pixel_sha256(img), dhash(img)
+            identity, near = picture_hashes(img)
     except QuarantineItem:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own limit, when it is below max_pixels

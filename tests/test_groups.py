@@ -7,11 +7,12 @@ import itertools
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 import covid_cxr_unified.harmonize.groups as groups_module
-from covid_cxr_unified.adapters.pixels import dhash, hamming, pixel_sha256
+from covid_cxr_unified.adapters.pixels import dhash, hamming, picture_hashes, pixel_sha256
 from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, RecordKeys, group_records, near_duplicate_pairs
 from covid_cxr_unified.harmonize.splits import SplitRatios, assign_split
 from covid_cxr_unified.harmonize.synthetic.images import encode, synthetic_array
@@ -53,6 +54,18 @@ def test_pixel_hash_ignores_the_container() -> None:
     as_rgb_png = Image.open(io.BytesIO(encode(array, fmt="PNG", mode="RGB")))
     as_jpeg = Image.open(io.BytesIO(encode(array, fmt="JPEG", mode="L")))
     assert pixel_sha256(as_png) == pixel_sha256(as_rgb_png) != pixel_sha256(as_jpeg)
+
+
+def test_16_bit_pictures_hash_alike_whatever_their_byte_order_or_integer_type() -> None:
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 4096, size=(37, 29)).astype(np.uint16)
+    little = Image.fromarray(values)  # I;16
+    big = Image.frombytes("I;16B", (29, 37), values.astype(">u2").tobytes())
+    wide = Image.fromarray(values.astype(np.int32))  # mode I: stretched through floats, not a table
+    assert little.mode == "I;16" and wide.mode == "I"
+    hashes = picture_hashes(little)
+    assert hashes == picture_hashes(big) == picture_hashes(wide) == (pixel_sha256(little), dhash(little))
+    assert hashes[0] != pixel_sha256(Image.fromarray(values + 1))
 
 
 def test_near_duplicate_pairs_match_brute_force() -> None:
