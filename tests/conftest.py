@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import _socket
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -54,6 +56,24 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", guarded(connect))
     monkeypatch.setattr(socket.socket, "connect_ex", guarded(connect_ex))
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dask talks TCP between its processes: allow 127.0.0.1 only (conftest blocks every address)."""
+    original = _socket.socket.connect, _socket.socket.connect_ex  # beneath conftest's guard
+
+    def local(method: Any) -> Any:
+        def connect(sock: socket.socket, address: Any) -> Any:
+            host = address[0] if isinstance(address, tuple) else None
+            if sock.family == socket.AF_UNIX or (host is not None and ipaddress.ip_address(host).is_loopback):
+                return method(sock, address)
+            raise OSError(f"network access blocked in tests: {address!r}")
+
+        return connect
+
+    monkeypatch.setattr(socket.socket, "connect", local(original[0]))
+    monkeypatch.setattr(socket.socket, "connect_ex", local(original[1]))
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import _socket
-import ipaddress
-import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 from treedigest import tree_digest
@@ -101,24 +97,6 @@ def test_process_pool_build_is_byte_identical_to_serial(
 def test_num_proc_below_one_is_a_typed_error(sources: list[SourceSpec], tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="num_proc"):
         build(sources, BuildOptions(out=tmp_path / "out", progress=False, num_proc=0))
-
-
-@pytest.fixture
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dask talks TCP between its processes: allow 127.0.0.1 only (conftest blocks every address)."""
-    original = _socket.socket.connect, _socket.socket.connect_ex  # beneath conftest's guard
-
-    def local(method: Any) -> Any:
-        def connect(sock: socket.socket, address: Any) -> Any:
-            host = address[0] if isinstance(address, tuple) else None
-            if sock.family == socket.AF_UNIX or (host is not None and ipaddress.ip_address(host).is_loopback):
-                return method(sock, address)
-            raise OSError(f"network access blocked in tests: {address!r}")
-
-        return connect
-
-    monkeypatch.setattr(socket.socket, "connect", local(original[0]))
-    monkeypatch.setattr(socket.socket, "connect_ex", local(original[1]))
 
 
 def test_dask_local_cluster_build_is_byte_identical_to_serial(

@@ -12,7 +12,6 @@ from pathlib import Path
 import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
-from test_engine import loopback_only  # noqa: F401  (Dask: loopback TCP only)
 from treedigest import tree_digest
 from typer.testing import CliRunner
 
