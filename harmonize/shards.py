@@ -18,11 +18,12 @@ from covid_cxr_unified.harmonize.features import FEATURES
 
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
 # A row group closes at whichever comes first: 100 rows with an image (readers and the Hub's viewer
-# page image datasets by row group), 64 MiB of image bytes (full-size 16-bit PNGs), or 10 000 rows
-# (metadata-only rows: each row group costs a fixed ~3 ms of encoding, so tiny ones dominated).
+# page image datasets by row group), 16 MiB of image bytes (two full-size 16-bit PNGs: the writer, the
+# router and the card's sampler each hold a few row groups, so this bounds their memory), or 10 000
+# rows (metadata-only rows: each row group costs a fixed ~3 ms of encoding, so tiny ones dominated).
 ROW_GROUP_ROWS = 10_000
 ROW_GROUP_IMAGE_ROWS = 100
-ROW_GROUP_IMAGE_BYTES = 64 * 1024 * 1024
+ROW_GROUP_IMAGE_BYTES = 16 * 1024 * 1024
 # Image bytes are PNG/JPEG, already compressed: stored as they are, without dictionary or statistics
 # (zstd, dictionaries and min/max over megabyte blobs cost CPU and gain nothing).
 _STORED_AS_IS = frozenset({"image.bytes"})
