@@ -170,17 +170,28 @@ def _class_name(value: object, names: Sequence[str]) -> str:
 # --- pixels -----------------------------------------------------------------------------------------
 
 
+def _block_means(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """The picture shrunk `factor` times: the mean of each factor x factor block (edges cut off)."""
+    height, width = pixels.shape[0] // factor, pixels.shape[1] // factor
+    blocks = pixels[: height * factor, : width * factor].reshape(height, factor, width, factor)
+    means: np.ndarray = blocks.mean(axis=(1, 3))
+    return means
+
+
 def display_image(
     image: bytes | Mapping[str, Any] | Image.Image,
     *,
     photometric_interpretation: str | None = None,
     bits_stored: int | None = None,
+    max_side: int | None = None,
 ) -> np.ndarray:
     """Stored image bytes (or a build's `{"bytes": ...}` cell) as a display-ready uint8 H x W array.
 
     Colour images (RGB, RGBA, P, LA) are converted to grey first (alpha is dropped). Images of at
     most 8 bits are shown as stored; deeper ones (I;16, I) are windowed to the 0.5..99.5 percentiles
-    by `display_array`, which also inverts MONOCHROME1.
+    by `display_array`, which also inverts MONOCHROME1. With `max_side`, a picture more than twice
+    that size is first shrunk by the largest whole factor that keeps it at least `max_side` (block
+    means), so a thumbnail of a full-size radiograph never makes full-size float copies.
     """
     stored = image["bytes"] if isinstance(image, Mapping) else image
     if isinstance(stored, bytes):
@@ -193,6 +204,8 @@ def display_image(
         picture = picture.convert("L")
     pixels = np.asarray(picture)
     depth = bits_stored if bits_stored else (8 if pixels.dtype == np.uint8 else 16)
+    if max_side is not None and max(pixels.shape) >= 2 * max_side:
+        pixels = _block_means(pixels, max(pixels.shape) // max_side)
     if depth <= 8:
         top = float(2**depth - 1)
         return display_array(
@@ -336,6 +349,7 @@ def render_tile(row: Mapping[str, Any], size: int) -> Image.Image:
         row["image"],
         photometric_interpretation=row.get("photometric_interpretation"),
         bits_stored=row.get("bits_stored"),
+        max_side=2 * size,
     )
     height, width = grey.shape
     scale = size / max(height, width)

@@ -107,6 +107,18 @@ def test_16_bit_window_clips_outliers_to_the_percentiles() -> None:
     assert shown.std() > 50  # spread over the full range, not a flat grey
 
 
+def test_a_thumbnail_of_a_large_picture_is_shrunk_by_block_means_before_windowing() -> None:
+    stored = np.zeros((1000, 730), np.uint16)
+    stored[:, 365:] = 4095  # dark left half, bright right half
+    stored[::2, ::2] += 7  # texture that block means average out
+    shown = display_image(_png(stored), bits_stored=12, max_side=200)
+    assert shown.shape == (200, 146)  # 1000 // 200 = 5: every 5 x 5 block is one pixel
+    full = display_image(_png(stored), bits_stored=12)
+    assert shown[:, :70].max() == full[:, :350].max() == 0 and shown[:, 75:].min() == full[:, 380:].min() == 255
+    small = display_image(_png(stored[:300, :300]), bits_stored=12, max_side=200)
+    assert small.shape == (300, 300)  # under twice max_side: left as it is
+
+
 def test_8_bit_is_shown_as_stored_and_colour_becomes_grey() -> None:
     grey = np.tile(np.arange(40, 200, dtype=np.uint8), (8, 1))
     assert np.array_equal(display_image(_png(grey), bits_stored=8), grey)
