@@ -200,13 +200,20 @@ class ImageProbe:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii.gz", ".nii", ".dcm")
 
 
+def source_files(names: Iterable[str]) -> list[str]:
+    """The relative POSIX names a source checksum covers, sorted: no images, nothing in hidden folders."""
+    return sorted(
+        name for name in names
+        if not name.endswith(IMAGE_SUFFIXES) and not any(part.startswith(".") for part in name.split("/"))
+    )
+
+
 def files_checksum(root: Path, names: Iterable[str]) -> str:
-    """sha256 over `name<TAB>sha256 of its bytes` for the named files under `root` (relative POSIX
-    names, sorted) that are regular files, not images and not in hidden folders."""
+    """sha256 over `name<TAB>sha256 of its bytes` for each named path under `root` that is a regular file."""
     digest = hashlib.sha256()
-    for name in sorted(names):
+    for name in names:
         path = root / name
-        if name.endswith(IMAGE_SUFFIXES) or any(part.startswith(".") for part in name.split("/")) or not path.is_file():
+        if not path.is_file():
             continue
         with path.open("rb") as handle:
             line = f"{name}\t{hashlib.file_digest(handle, 'sha256').hexdigest()}\n"
@@ -373,7 +380,8 @@ class Adapter(ABC):
         Image bytes are not read here: each unit hashes the images it reads (`UnitDelta.digest`)."""
         if self.root.is_file():
             return files_checksum(self.root.parent, [self.root.name])
-        return files_checksum(self.root, [p.relative_to(self.root).as_posix() for p in self.root.rglob("*")])
+        names = (path.relative_to(self.root).as_posix() for path in self.root.rglob("*"))
+        return files_checksum(self.root, source_files(names))
 
     def finish(self) -> None:  # noqa: B027 - optional hook
         """Called once every unit is absorbed: write notes that depend on all items."""

@@ -31,6 +31,7 @@ from covid_cxr_unified.adapters.base import (
     SourceItem,
     WorkUnit,
     files_checksum,
+    source_files,
 )
 from covid_cxr_unified.adapters.bimcv_tables import (
     DiagnosticTest,
@@ -477,7 +478,7 @@ class BimcvAdapter(Adapter):
         if self._archives:
             listing = "".join(f"{name} {sha1}\n" for name, sha1 in sorted(self._verified.items()))
             return hashlib.sha256(listing.encode(errors="surrogateescape")).hexdigest()
-        return files_checksum(self.root, self._files)  # the tree as discovery listed it: no second walk
+        return files_checksum(self.root, source_files(self._files))  # the tree as discovery listed it
 
     def finish(self) -> None:
         self._write_notes()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from treedigest import tree_digest
 
+from covid_cxr_unified.adapters import adapter_class
 from covid_cxr_unified.adapters.base import Adapter
 from covid_cxr_unified.harmonize import build as build_module
 from covid_cxr_unified.harmonize.build import BuildOptions, BuildResult, SourceSpec, build
@@ -77,3 +78,26 @@ def test_fingerprint_follows_the_code_version(
     before = _build(sources, tmp_path / "before").fingerprint
     monkeypatch.setattr(build_module, "code_version", lambda: "0.0.0+other")
     assert _build(sources, tmp_path / "after").fingerprint != before
+
+
+@pytest.mark.parametrize("name", ["export.zip", ".export.zip", "metadata.png"])
+def test_a_source_given_as_one_file_is_hashed_whatever_its_name(tmp_path: Path, name: str) -> None:
+    export = tmp_path / name
+    export.write_bytes(b"first")
+    adapter = adapter_class("v7_darwin")(export)
+    before = adapter.source_checksum()
+    export.write_bytes(b"second")
+    assert adapter.source_checksum() != before
+
+
+def test_a_source_folder_is_hashed_without_its_images_and_hidden_folders(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / "image-1.json").write_text("a\n")  # a Darwin JSON folder: the base adapter's checksum
+    adapter = adapter_class("v7_darwin")(tmp_path)
+    before = adapter.source_checksum()
+    (tmp_path / "images" / "x.png").write_bytes(b"new")
+    (tmp_path / ".cache" / "x.json").write_bytes(b"new")
+    assert adapter.source_checksum() == before
+    (tmp_path / "image-1.json").write_text("b\n")
+    assert adapter.source_checksum() != before
