@@ -295,8 +295,10 @@ class Adapter(ABC):
         max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
         max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS,
         related: Mapping[Source, Path] | None = None,
+        workdir: Path | None = None,
     ) -> None:
         self.root = root
+        self.workdir = workdir  # where discovery indexes go (`DiskIndex`); None: the system's temp folder
         self.related = dict(related or {})  # other sources of the same build, e.g. for linkage
         self.images = images
         self.metadata_only = metadata_only

@@ -147,7 +147,9 @@ class _Spooled:
     credits: list[tuple[str, str, str]] = field(default_factory=list)  # record_id, license_id, attribution
 
 
-def make_adapter(spec: SourceSpec, options: BuildOptions, related: dict[Source, Path]) -> Adapter:
+def make_adapter(
+    spec: SourceSpec, options: BuildOptions, related: dict[Source, Path], workdir: Path | None = None
+) -> Adapter:
     return adapter_class(spec.source.value)(
         spec.path,
         images=spec.images,
@@ -156,6 +158,7 @@ def make_adapter(spec: SourceSpec, options: BuildOptions, related: dict[Source, 
         max_json_bytes=options.max_json_bytes,
         max_archive_members=options.max_archive_members,
         related=related,
+        workdir=workdir,
     )
 
 
@@ -248,6 +251,7 @@ def _build_in(
 ) -> BuildResult:
     timer = _Timer()
     spooled, stats, inputs = _pass_one(staging, specs, options, id_map, timer)
+    shutil.rmtree(staging / "index", ignore_errors=True)  # the adapters' discovery indexes
     keys = [key for s in spooled for key in s.keys]
     if not keys:
         raise BuildError(f"nothing to build: no source gave a record ({_accounting([s.report for s in spooled])})")
@@ -295,7 +299,9 @@ def _pass_one(
     """Discover every source and run its units. The adapters, with their discovery indexes (the
     larger part of a build's memory), are dropped on return: later passes need only their reports."""
     paths = {spec.source: spec.path for spec in specs}
-    adapters = [make_adapter(spec, options, paths) for spec in sorted(specs, key=lambda s: s.source)]
+    # Discovery indexes live in the staging folder, which every worker (Dask included) can read.
+    workdir = staging / "index"
+    adapters = [make_adapter(spec, options, paths, workdir) for spec in sorted(specs, key=lambda s: s.source)]
     with timer.step("discover"):
         for adapter in tqdm(adapters, desc="discover", unit=" sources", disable=not options.progress):
             adapter.discover()
