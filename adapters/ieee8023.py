@@ -1,18 +1,25 @@
-"""ieee8023 covid-chestxray-dataset: `metadata.csv` (+ `images/`), any of its three header generations."""
+"""ieee8023 covid-chestxray-dataset: `metadata.csv` (+ `images/`), any of its three header generations.
+
+Discovery reads the file once, streaming, into an on-disk index (`DiskIndex`): every parsed row, the
+sexes given per patient and the first in-scope row of each filename. Memory does not grow with the rows;
+a unit reads back only its own rows.
+"""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import datetime as dt
 import hashlib
 import io
+import itertools
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from pydantic import JsonValue
 
@@ -24,6 +31,7 @@ from covid_cxr_unified.adapters.base import (
     SourceItem,
     WorkUnit,
 )
+from covid_cxr_unified.adapters.disk_index import DiskIndex
 from covid_cxr_unified.adapters.urls import scrubbed
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
 from covid_cxr_unified.schema.licenses import UNKNOWN_LICENSE_ID, license_record
@@ -190,6 +198,7 @@ GENERATIONS = (
 # Early spellings -> current column names.
 COLUMN_ALIASES = {"Patientid": "patientid", "notes": "clinical_notes"}
 REQUIRED_COLUMNS = ("patientid", "finding", "view", "filename", "license")
+ROWS_PER_BLOCK = 256  # rows stored, read back and indexed together
 
 
 class Ieee8023Adapter(Adapter):
@@ -215,33 +224,21 @@ class Ieee8023Adapter(Adapter):
         super().__init__(metadata.parent, images=images, **kwargs)  # type: ignore[arg-type]
         self.metadata = metadata
         self.generation = ""
-        self._sexes_by_patient: dict[str, set[str]] = {}
         self._metadata_sha256 = ""
-        self._duplicate_rows: set[int] = set()  # rows repeating the filename of an earlier in-scope row
-        self._lines: list[list[str]] = []
-        self._ends: list[int] = []
+        self._row_count = 0
+        self._duplicate_count = 0  # rows repeating the filename of an earlier in-scope row
+        self._sex_conflict_count = 0  # patients whose rows give more than one sex
 
     def discover(self) -> None:
         if not self.metadata.is_file():
             raise SourceNotFoundError(
                 f"ieee8023: no metadata.csv at {self.metadata}; {self.access}"
             )
-        data = self.metadata.read_bytes()
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            raise SourceFormatError(f"ieee8023: {self.metadata.name} line {line} is not UTF-8") from exc
-        reader = csv.reader(io.StringIO(text, newline=""))
-        lines: list[list[str]] = []
-        ends: list[int] = []  # the physical line each row ends on: a bad quote can join several
-        try:
-            header = next(reader, None)
-            for row in reader:
-                lines.append(row)
-                ends.append(reader.line_num)
-        except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
-            raise SourceFormatError(f"ieee8023: {self.metadata.name} line {reader.line_num}: {exc}") from exc
+        index = DiskIndex(self.workdir, name="ieee8023")  # its file lives as long as its tables
+        self._rows = index.table("rows")  # "block number" -> [[first line, last line, cells], ...]
+        self._sexes = index.table("sexes")  # patientid -> the sexes its rows give, sorted
+        self._first_rows = index.table("first_rows")  # filename -> its first in-scope row
+        header, self._metadata_sha256 = self._read_rows()
         if header is None:
             raise SourceFormatError(f"ieee8023: {self.metadata.name} is empty")
         self.header = [COLUMN_ALIASES.get(h.strip(), h.strip()) for h in header]
@@ -252,58 +249,115 @@ class Ieee8023Adapter(Adapter):
                 f"{','.join(header)}"
             )
         self.generation = next(g.name for g in GENERATIONS if g.marker in self.header)
-        self._metadata_sha256 = hashlib.sha256(data).hexdigest()
         self.release = f"{self.generation}; metadata.csv sha256:{self._metadata_sha256[:16]}"
         self._raw_header = header
-        self._lines = lines
-        self._ends = ends
-        self._sexes_by_patient = self._sexes_per_patient()
-        self._duplicate_rows = self._find_duplicate_rows()
+        self._index_patients_and_filenames()
+        conflicts = {p: sexes for p, sexes in self._sexes.items() if len(sexes) > 1}
+        self.report.notes["sex_conflicts"] = dict(sorted(conflicts.items()))
+        self._sex_conflict_count = len(conflicts)
 
-    def _find_duplicate_rows(self) -> set[int]:
+    def _read_rows(self) -> tuple[list[str] | None, str]:
+        """Parse metadata.csv in one streaming read, rows to disk: (header, sha256 of the bytes)."""
+        with self.metadata.open("rb") as handle:
+            hashed = _HashingReader(handle)
+            text = io.TextIOWrapper(io.BufferedReader(hashed), encoding="utf-8-sig", newline="")
+            reader = csv.reader(text)
+            try:
+                header = next(reader, None)
+                self._store_rows(reader)
+            except (UnicodeDecodeError, csv.Error) as exc:  # csv.Error: e.g. a cell over its field size limit
+                raise self._read_error(exc, reader.line_num) from exc
+        return header, hashed.sha256.hexdigest()
+
+    def _store_rows(self, reader: Any) -> None:
+        """The rows of a csv reader in blocks of ROWS_PER_BLOCK (the last one may be short)."""
+        self._row_count = 0
+        block: list[JsonValue] = []
+        previous_end = 1  # a bad quote can join several lines into one row
+        for cells in reader:
+            block.append([previous_end + 1, reader.line_num, cells])
+            previous_end = reader.line_num
+            self._row_count += 1
+            if len(block) == ROWS_PER_BLOCK:
+                self._rows[str(self._row_count // ROWS_PER_BLOCK - 1)] = block
+                block = []
+        if block:
+            self._rows[str(self._row_count // ROWS_PER_BLOCK)] = block
+
+    def _numbered_rows(self, start: int, stop: int) -> Iterator[tuple[int, Any]]:
+        """(row number, stored row) of rows start+1..stop, one block read at a time."""
+        block: list[Any] = []
+        for index in range(start, stop):
+            if index == start or index % ROWS_PER_BLOCK == 0:
+                block = self._rows[str(index // ROWS_PER_BLOCK)]
+            yield index + 1, block[index % ROWS_PER_BLOCK]
+
+    def _read_error(self, exc: Exception, line_num: int) -> SourceFormatError:
+        """A byte that is not UTF-8 anywhere in the file is reported before any CSV error."""
+        bad_line = _first_non_utf8_line(self.metadata)
+        if bad_line is not None:
+            return SourceFormatError(f"ieee8023: {self.metadata.name} line {bad_line} is not UTF-8")
+        if isinstance(exc, UnicodeDecodeError):  # the file changed while it was read
+            return SourceFormatError(f"ieee8023: {self.metadata.name} is not UTF-8")
+        return SourceFormatError(f"ieee8023: {self.metadata.name} line {line_num}: {exc}")
+
+    def _index_patients_and_filenames(self) -> None:
         """Done in discovery so that any range of rows can be processed alone."""
-        seen: set[str] = set()
-        duplicates: set[int] = set()
-        for item in self.items():
+        self._duplicate_count = 0
+        rows = self._numbered_rows(0, self._row_count)
+        while batch := list(itertools.islice(rows, ROWS_PER_BLOCK)):
+            self._add_sexes([cells for _, (_, _, cells) in batch])
+            self._add_first_rows(self._items(batch))
+
+    def _add_sexes(self, lines: list[list[str]]) -> None:
+        if "sex" not in self.header:
+            return
+        pid, sex = self.header.index("patientid"), self.header.index("sex")
+        found: dict[str, set[str]] = defaultdict(set)
+        for line in lines:
+            if len(line) == len(self.header) and line[sex].strip():
+                found[line[pid].strip()].add(line[sex].strip())
+        changed: dict[str, list[str]] = {}
+        for patient, sexes in found.items():
+            known = self._sexes.get(patient, [])
+            merged = sorted(sexes.union(known))
+            if merged != known:
+                changed[patient] = merged
+        self._sexes.update(changed.items())
+
+    def _add_first_rows(self, items: Iterable[SourceItem]) -> None:
+        first_rows: dict[str, int | None] = {}
+        for item in items:
             try:
                 self._check_row(item)
             except (ExcludeItem, QuarantineItem):
                 continue
             filename = self._column(item, "filename")
-            if filename in seen:
-                duplicates.add(item.row or 0)
-            seen.add(filename)
-        return duplicates
-
-    def _sexes_per_patient(self) -> dict[str, set[str]]:
-        sexes: dict[str, set[str]] = defaultdict(set)
-        pid, sex = self.header.index("patientid"), self.header.index("sex") if "sex" in self.header else -1
-        for line in self._lines:
-            if sex >= 0 and len(line) == len(self.header) and line[sex].strip():
-                sexes[line[pid].strip()].add(line[sex].strip())
-        conflicts = {p: sorted(s) for p, s in sexes.items() if len(s) > 1}
-        self.report.notes["sex_conflicts"] = {p: list(v) for p, v in sorted(conflicts.items())}
-        return dict(sexes)
+            if filename in first_rows or filename in self._first_rows:
+                self._duplicate_count += 1
+            else:
+                first_rows[filename] = item.row
+        self._first_rows.update(first_rows.items())
 
     def items(self) -> Iterator[SourceItem]:
-        return self._rows(0, len(self._lines))
+        return self._items(self._numbered_rows(0, self._row_count))
 
     def units(self) -> list[WorkUnit]:
-        return self.range_units(len(self._lines), "rows")
+        return self.range_units(self._row_count, "rows")
 
     def source_checksum(self) -> str:
         return self._metadata_sha256
 
     def items_of(self, unit: WorkUnit) -> Iterator[SourceItem]:
-        return self._rows(unit.start, unit.stop)
+        return self._items(self._numbered_rows(unit.start, unit.stop))
 
-    def _rows(self, start: int, stop: int) -> Iterator[SourceItem]:
-        for number, line in enumerate(self._lines[start:stop], start=start + 1):
+    def _items(self, rows: Iterable[tuple[int, Any]]) -> Iterator[SourceItem]:
+        """Items of (row number, stored row) pairs."""
+        for number, (first, last, line) in rows:
             fields: dict[str, JsonValue]
             if len(line) == len(self.header):
                 fields = dict(zip(self._raw_header, line, strict=True))
             else:
-                first, last = self._ends[number - 2] + 1 if number > 1 else 2, self._ends[number - 1]
                 where = f"line {first}" if first == last else f"lines {first}-{last} (a bad quote joins them)"
                 fields = {"_malformed_fields": list(line), "_lines": where}
             filename = line[self.header.index("filename")] if len(line) == len(self.header) else None
@@ -324,7 +378,8 @@ class Ieee8023Adapter(Adapter):
 
     def check_scope(self, item: SourceItem, ctx: MappingContext) -> None:
         self._check_row(item)
-        if item.row in self._duplicate_rows:
+        # The counts spare a look-up per row when, as usual, there is nothing to find.
+        if self._duplicate_count and self._first_rows.get(self._column(item, "filename")) != item.row:
             raise QuarantineItem("duplicate filename")
 
     def _check_row(self, item: SourceItem) -> None:
@@ -427,7 +482,7 @@ class Ieee8023Adapter(Adapter):
         return None if state is None else Covid19Evidence(basis=Covid19Basis.PCR, state=state, raw=raw)
 
     def _flag_values(self, item: SourceItem, ctx: MappingContext, pid: str) -> None:
-        if len(self._sexes_by_patient.get(pid, ())) > 1:
+        if self._sex_conflict_count and len(self._sexes.get(pid, ())) > 1:
             ctx.flag("sex conflicts within patient")
         if self._column(item, "").strip():
             ctx.flag("notes spilled into the unnamed trailing column")
@@ -439,6 +494,42 @@ class Ieee8023Adapter(Adapter):
                 continue
             if number is not None and not low <= number <= high:
                 ctx.flag(f"implausible {column}")
+
+
+class _HashingReader(io.RawIOBase):
+    """A binary file that hashes its bytes as they are read."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.handle.read(len(buffer))
+        buffer[: len(data)] = data
+        self.sha256.update(data)
+        return len(data)
+
+
+def _first_non_utf8_line(path: Path) -> int | None:
+    """The line (1-based, lines end at b"\\n") of the file's first byte that is not UTF-8; None when all are."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    newlines = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            pending = decoder.getstate()[0]  # the unfinished character the last chunk ended with
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:  # exc.start counts from `pending`, which holds no newline
+                return newlines + (pending + chunk)[: exc.start].count(b"\n") + 1
+            newlines += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return newlines + 1
+    return None
 
 
 def _covid19(from_finding: LabelState, finding_raw: str, pcr: Covid19Evidence | None) -> Covid19Label:
