@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import pickle
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from badinputs import ieee_csv, ieee_row
 
+from covid_cxr_unified.adapters import ieee8023
 from covid_cxr_unified.adapters.ieee8023 import FINDINGS, LICENSES, VIEWS, Ieee8023Adapter
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
 from covid_cxr_unified.harmonize.synthetic.ieee8023 import LICENSE_SPELLINGS, write_ieee8023
@@ -156,6 +159,74 @@ def test_missing_source_and_bad_header_are_typed_errors(tmp_path: Path) -> None:
     (tmp_path / "metadata.csv").write_bytes(b"patientid,finding\n\xff\xfe\n")
     with pytest.raises(SourceFormatError, match="not UTF-8"):
         list(Ieee8023Adapter(tmp_path).run())
+
+
+# --- discovery keeps its rows on disk -----------------------------------------------------------
+
+
+def test_discovery_keeps_no_per_row_containers(tmp_path: Path) -> None:
+    rows = 600  # a few blocks
+    text = ieee_csv([ieee_row(patientid=str(i // 2), filename=f"{i}.png") for i in range(rows)])
+    (tmp_path / "metadata.csv").write_text(text, encoding="utf-8")
+    adapter = Ieee8023Adapter(tmp_path, metadata_only=True, workdir=tmp_path / "index")
+    adapter.discover()
+    sizes = {name: len(value) for name, value in vars(adapter).items() if isinstance(value, list | tuple | dict | set)}
+    assert max(sizes.values()) <= len(adapter.header), sizes  # nothing per row or per patient
+    assert list((tmp_path / "index").rglob("ieee8023.sqlite"))
+    assert len(pickle.dumps(adapter)) < 10_000  # what each process of a pool receives
+    assert sum(len(list(adapter.items_of(unit))) for unit in adapter.units()) == rows
+
+
+def test_a_pickled_copy_runs_its_units_from_the_index(tmp_path: Path) -> None:
+    fixture = write_ieee8023(tmp_path / "src", seed=0)
+    reference = Ieee8023Adapter(fixture.root, metadata_only=True)
+    expected = [r.model_dump_json() for r in run(reference)]
+    adapter = Ieee8023Adapter(fixture.root, metadata_only=True, workdir=tmp_path / "index")
+    adapter.discover()
+    pickled: Ieee8023Adapter = pickle.loads(pickle.dumps(adapter))  # reads the index of `adapter`
+    records = []
+    for unit in pickled.units():
+        worker = pickled.unit_worker()
+        records += [e.record.model_dump_json() for e in worker.run_unit(unit)]
+        pickled.absorb(worker.delta())
+    assert records == expected
+    assert pickled.report.summary() == reference.report.summary()
+
+
+def test_duplicates_and_sex_conflicts_are_found_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ieee8023, "ROWS_PER_BLOCK", 2)
+    rows = [
+        ieee_row(patientid="1", sex="M", filename="a.png"),
+        ieee_row(patientid="2", sex="F", filename="b.png"),
+        ieee_row(patientid="1", sex="F", filename="c.png"),
+        ieee_row(patientid="3", sex="M", filename="b.png"),
+        ieee_row(patientid="4", sex="M", filename="a.png", modality="CT"),  # out of scope: no duplicate
+    ]
+    (tmp_path / "metadata.csv").write_text(ieee_csv(rows), encoding="utf-8")
+    adapter = Ieee8023Adapter(tmp_path, metadata_only=True)
+    records = {r.record_id: r for r in run(adapter)}
+    assert adapter.report.quarantined == {"duplicate filename": 1}
+    assert adapter.report.quarantined_items[0].key == "b.png"
+    assert records["ieee8023:b.png"].patient.patient_id == "ieee8023:2"
+    assert adapter.report.notes["sex_conflicts"] == {"1": ["F", "M"]}
+    flagged = {r.record_id for r in records.values() if "sex conflicts within patient" in r.provenance.flags}
+    assert flagged == {"ieee8023:a.png", "ieee8023:c.png"}
+
+
+def test_a_byte_that_is_not_utf8_is_found_past_a_bom_a_csv_error_and_a_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "metadata.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + ieee_csv([ieee_row()]).encode() + b"\xff\n")
+    with pytest.raises(SourceFormatError, match="line 3 is not UTF-8"):  # the BOM is no line's byte
+        Ieee8023Adapter(tmp_path).discover()
+    huge_cell = ieee_csv([ieee_row(clinical_notes="x" * 200_000)]).encode()  # over csv's field limit
+    path.write_bytes(huge_cell + b"\n\n\xff\n")
+    with pytest.raises(SourceFormatError, match="line 5 is not UTF-8"):  # reported first, as before
+        Ieee8023Adapter(tmp_path).discover()
+    head = ieee_csv([ieee_row()]).encode()
+    padding = b"x" * ((1 << 20) - len(head) - 1)  # "é" straddles the first 1 MiB chunk of the check
+    path.write_bytes(head + padding + "é\n".encode() + b"\xc3\n")
+    with pytest.raises(SourceFormatError, match="line 4 is not UTF-8"):
+        Ieee8023Adapter(tmp_path).discover()
 
 
 # --- the real newest metadata.csv --------------------------------------------------------------
