@@ -37,10 +37,13 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -51,7 +54,7 @@ from covid_cxr_unified.adapters.limits import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_JSON_BYTES,
 )
-from covid_cxr_unified.harmonize.card import render_attribution, render_card, render_license_file
+from covid_cxr_unified.harmonize.card import ATTRIBUTION_HEADER, attribution_lines, render_card, render_license_file
 from covid_cxr_unified.harmonize.croissant import write_croissant
 from covid_cxr_unified.harmonize.engine import (
     Engine,
@@ -67,7 +70,7 @@ from covid_cxr_unified.harmonize.engine import (
 )
 from covid_cxr_unified.harmonize.errors import BuildError
 from covid_cxr_unified.harmonize.features import FEATURES, canonical_json
-from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, Grouping, RecordKeys, group_records
+from covid_cxr_unified.harmonize.groups import KEY_COLUMNS, NEAR_DUPLICATE_BITS, Grouping, group_records
 from covid_cxr_unified.harmonize.guards import GuardReport, verify_splits
 from covid_cxr_unified.harmonize.license_policy import LicensePolicy
 from covid_cxr_unified.harmonize.report import write_report
@@ -78,6 +81,8 @@ from covid_cxr_unified.schema.record import SCHEMA_VERSION
 from covid_cxr_unified.schema.vocab import Source
 
 DEFAULT_OUT = Path("covid_cxr_unified")
+_MANIFEST_GROUPS = 4096  # groups.jsonl is written this many groups at a time
+_ATTRIBUTION_ROWS = 10_000
 BUILD_MARKER = "build_report.json"
 ALL_CONFIG = "all"
 
@@ -141,10 +146,17 @@ class _Spooled:
     source: str
     report: AdapterReport
     spools: list[Path] = field(default_factory=list)  # one shard per unit with records, in unit order
-    keys: list[RecordKeys] = field(default_factory=list)
-    same_image: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rows: int = 0
     licenses: Counter[str] = field(default_factory=Counter)
-    credits: list[tuple[str, str, str]] = field(default_factory=list)  # record_id, license_id, attribution
+
+
+@dataclass
+class _Plan:
+    """Pass 2's decisions, as arrays and the few merges: what pass 3 needs to route the spools."""
+
+    splits: dict[str, np.ndarray]  # source -> split index (into SPLITS) of each spooled record, in spool order
+    merges: dict[str, list[str]]  # primary record -> records of other sources that fold into it (`all` config)
+    involved: set[str]  # sources with a primary or folded record
 
 
 def make_adapter(
@@ -252,16 +264,19 @@ def _build_in(
     timer = _Timer()
     spooled, stats, inputs = _pass_one(staging, specs, options, id_map, timer)
     shutil.rmtree(staging / "index", ignore_errors=True)  # the adapters' discovery indexes
-    keys = [key for s in spooled for key in s.keys]
-    if not keys:
+    if not any(s.rows for s in spooled):
         raise BuildError(f"nothing to build: no source gave a record ({_accounting([s.report for s in spooled])})")
     with timer.step("pass 2: groups and splits"):
+        keys = _read_keys(spooled)
         grouping = group_records(keys, id_map, options.near_duplicate_bits)
-        split_of = _assign_splits(keys, grouping, options)
-        _write_manifest(staging / "splits" / "groups.jsonl", keys, grouping, split_of)
+        split = _assign_splits(grouping, options)
+        _write_manifest(staging / "splits" / "groups.jsonl", keys.column("record_id"), grouping, split)
+        plan = _plan(spooled, keys, split)
+        del keys
     checkpoint("before-route")
     with timer.step("pass 3: route shards"):
-        configs = _write_configs(spooled, split_of, staging, options)
+        configs = _write_configs(spooled, plan, staging, options)
+        _write_attribution(staging / "ATTRIBUTION.md", spooled)
     shutil.rmtree(staging / "spool")
     checkpoint("before-guard")
     with timer.step("split guard"):
@@ -277,8 +292,6 @@ def _build_in(
         (staging / "README.md").write_text(render_card(configs, fingerprint, guard, figures), encoding="utf-8")
         write_croissant(staging, data_files={c.name: c.shards for c in configs})
         (staging / "LICENSE.md").write_text(render_license_file(configs), encoding="utf-8")
-        credits = sorted(credit for s in spooled for credit in s.credits)
-        (staging / "ATTRIBUTION.md").write_text(render_attribution(credits), encoding="utf-8")
     return BuildResult(
         out=staging,
         configs=configs,
@@ -377,10 +390,8 @@ def _figures(staging: Path, name: str, shards: dict[str, list[str]]) -> Any:
 def _merge(spooled: _Spooled, result: UnitResult) -> None:
     if result.spool is not None:
         spooled.spools.append(result.spool)
-    spooled.keys += result.keys
-    spooled.same_image.update(result.same_image)
+    spooled.rows += result.rows
     spooled.licenses.update(result.licenses)
-    spooled.credits += result.credits
 
 
 def _remove_stale_spools(spool: Path, units: dict[str, list[UnitJob]]) -> None:
@@ -395,44 +406,93 @@ def _remove_stale_spools(spool: Path, units: dict[str, list[UnitJob]]) -> None:
                 path.unlink()
 
 
-def _spool_batches(spools: list[Path]) -> Iterator[pa.Table]:
-    """Row group by row group: bounded by the writer's row-group limits (shards.ROW_GROUP_*)."""
+def _spool_batches(spools: list[Path]) -> Iterator[tuple[int, pa.Table]]:
+    """(position of its first row among the spools' rows, table) row group by row group: bounded by
+    the writer's row-group limits (shards.ROW_GROUP_*)."""
+    start = 0
     for spool in spools:
         parquet = pq.ParquetFile(spool)
         for group in range(parquet.metadata.num_row_groups):
-            yield parquet.read_row_group(group)
+            table = parquet.read_row_group(group)
+            yield start, table
+            start += table.num_rows
 
 
 # --- pass 2: groups and splits ---------------------------------------------------------------------
 
 
-def _assign_splits(keys: list[RecordKeys], grouping: Grouping, options: BuildOptions) -> dict[str, str]:
-    split_of_group: dict[str, str] = {}
-    split_of: dict[str, str] = {}
-    for key in keys:
-        group = grouping.group_of[key.patient_id]
-        if group not in split_of_group:
-            split_of_group[group] = assign_split(group, options.ratios, options.split_key)
-        split_of[key.record_id] = split_of_group[group]
-    return split_of
+def _read_keys(spooled: list[_Spooled]) -> pa.Table:
+    """The grouping columns of every spooled record, source by source in unit order (no image bytes)."""
+    tables = [pq.read_table(spool, columns=list(KEY_COLUMNS)) for s in spooled for spool in s.spools]
+    return pa.concat_tables(tables).combine_chunks()
 
 
-def _write_manifest(path: Path, keys: list[RecordKeys], grouping: Grouping, split_of: dict[str, str]) -> None:
-    """The realized assignment as data: one line per group with its patients, records and split."""
-    patients: dict[str, set[str]] = defaultdict(set)
-    for key in keys:
-        patients[grouping.group_of[key.patient_id]].add(key.patient_id)
-    members = grouping.members(keys)
+def _assign_splits(grouping: Grouping, options: BuildOptions) -> np.ndarray:
+    """The split index (into SPLITS) of every record: its group's, by a keyed hash of the group key."""
+    roots, record_root = np.unique(grouping.root[grouping.record_patient], return_inverse=True)
+    names = [assign_split(grouping.group_key(int(root)), options.ratios, options.split_key) for root in roots]
+    of_root = np.asarray([SPLITS.index(name) for name in names], dtype=np.int8)
+    split: np.ndarray = of_root[record_root.reshape(-1)]
+    return split
+
+
+def _write_manifest(path: Path, record_ids: pa.ChunkedArray, grouping: Grouping, split: np.ndarray) -> None:
+    """The realized assignment as data: one line per group (by key) with its patients, records and split."""
+    roots = grouping.root[grouping.record_patient]
+    by_id = np.empty(len(record_ids), dtype=np.int64)
+    by_id[np.asarray(pc.array_sort_indices(record_ids))] = np.arange(len(record_ids))
+    order = np.lexsort((by_id, roots))  # by group key (patients are sorted), then by record id
+    starts = [*np.flatnonzero(np.r_[True, roots[order][1:] != roots[order][:-1]]).tolist(), len(order)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
-        for group in sorted(members):
-            line = {
-                "group": group,
-                "split": split_of[members[group][0]],
-                "patients": sorted(patients[group]),
-                "records": sorted(members[group]),
-            }
-            handle.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+        for first in range(0, len(starts) - 1, _MANIFEST_GROUPS):  # a block of groups at a time
+            bounds = starts[first : first + _MANIFEST_GROUPS + 1]
+            rows = order[bounds[0] : bounds[-1]]
+            ids = record_ids.take(pa.array(rows)).to_pylist()
+            patients = grouping.patients.take(pa.array(grouping.record_patient[rows])).to_pylist()
+            for start, stop in pairwise(bounds):
+                a, b = start - bounds[0], stop - bounds[0]
+                line = {
+                    "group": grouping.group_key(int(roots[rows[a]])),
+                    "split": SPLITS[split[rows[a]]],
+                    "patients": sorted(set(patients[a:b])),
+                    "records": ids[a:b],
+                }
+                handle.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def _plan(spooled: list[_Spooled], keys: pa.Table, split: np.ndarray) -> _Plan:
+    ends = np.cumsum([s.rows for s in spooled]).tolist()
+    splits = {s.source: split[end - s.rows : end] for s, end in zip(spooled, ends, strict=True)}
+    merges = _merge_plan(keys)
+    folded = {r for rs in merges.values() for r in rs}
+    touched = pc.is_in(keys.column("record_id"), value_set=pa.array([*merges, *folded], pa.string()))
+    involved = set(pc.unique(keys.column("source").filter(touched)).to_pylist())
+    return _Plan(splits, merges, involved)
+
+
+def _merge_plan(keys: pa.Table) -> dict[str, list[str]]:
+    """primary record -> the records of other sources that show the same image and fold into it: a
+    record's `same_image` link targets present in the build, the smallest of which is its primary,
+    unless that one itself links on (no chains)."""
+    links = keys.column("links").combine_chunks()
+    flat = pc.list_flatten(links)
+    if not pa.types.is_struct(flat.type):
+        return {}
+    same = pc.fill_null(pc.equal(flat.field("relation"), "same_image"), False)
+    record_ids = keys.column("record_id")
+    linking = record_ids.take(pc.list_parent_indices(links).filter(same))
+    targets = flat.field("record_id").filter(same)
+    present = pc.fill_null(pc.is_in(targets, value_set=record_ids), False)
+    primary_of: dict[str, str] = {}
+    for record_id, target in zip(linking.filter(present).to_pylist(), targets.filter(present).to_pylist(), strict=True):
+        primary_of[record_id] = min(primary_of.get(record_id, target), target)
+    linkers = set(linking.to_pylist())
+    plan: dict[str, list[str]] = defaultdict(list)
+    for record_id, primary in primary_of.items():
+        if primary not in linkers:
+            plan[primary].append(record_id)
+    return {primary: sorted(folded) for primary, folded in plan.items()}
 
 
 # --- pass 3: route spools into configs ------------------------------------------------------------
@@ -442,10 +502,10 @@ def _split_writers(staging: Path, config: str, options: BuildOptions) -> dict[st
     return {split: ShardWriter(staging / "data" / config, split, options.max_shard_bytes) for split in SPLITS}
 
 
-def _route(table: pa.Table, split_of: dict[str, str], writers: dict[str, ShardWriter]) -> None:
-    splits = [split_of[rid] for rid in table.column("record_id").to_pylist()]
-    for split, writer in writers.items():
-        writer.write_table(table.filter(pa.array([s == split for s in splits])))
+def _route(table: pa.Table, split: np.ndarray, writers: dict[str, ShardWriter]) -> None:
+    """Each row of `table` to the writer of its split (`split`: one index into SPLITS per row)."""
+    for index, writer in enumerate(writers.values()):
+        writer.write_table(table.filter(pa.array(split == index)))
 
 
 def _close(
@@ -457,42 +517,27 @@ def _close(
     return counts, sizes, shards
 
 
-def _write_source_config(
-    spooled: _Spooled, split_of: dict[str, str], staging: Path, options: BuildOptions
-) -> ConfigResult:
+def _write_source_config(spooled: _Spooled, split: np.ndarray, staging: Path, options: BuildOptions) -> ConfigResult:
     name = spooled.source
     writers = _split_writers(staging, name, options)
-    with tqdm(total=len(spooled.keys), desc=f"route {name}", unit=" records", disable=not options.progress) as bar:
-        for table in _spool_batches(spooled.spools):
-            _route(table, split_of, writers)
+    with tqdm(total=spooled.rows, desc=f"route {name}", unit=" records", disable=not options.progress) as bar:
+        for start, table in _spool_batches(spooled.spools):
+            _route(table, split[start : start + table.num_rows], writers)
             bar.update(table.num_rows)
     counts, sizes, shards = _close(writers, staging)
     return ConfigResult(name, counts, sizes, shards, spooled.licenses, spooled.report)
 
 
-def _merge_plan(spooled: list[_Spooled]) -> dict[str, list[str]]:
-    """primary record -> the records of other sources that show the same image and fold into it."""
-    present = {key.record_id for s in spooled for key in s.keys}
-    linking = {record_id for s in spooled for record_id in s.same_image}
-    plan: dict[str, list[str]] = defaultdict(list)
-    for s in spooled:
-        for record_id, targets in s.same_image.items():
-            primary = min((t for t in targets if t in present), default=None)
-            if primary is not None and primary not in linking:  # no chains: a primary links nowhere
-                plan[primary].append(record_id)
-    return {primary: sorted(secondaries) for primary, secondaries in plan.items()}
-
-
-def _secondary_rows(spooled: list[_Spooled], secondaries: set[str]) -> dict[str, dict[str, Any]]:
+def _folded_rows(spooled: list[_Spooled], folded: set[str]) -> dict[str, dict[str, Any]]:
+    """The rows (a few columns) of the records that fold into a primary."""
     columns = ["record_id", "source", "patient_id", "masks", "provenance"]
+    wanted = pa.array(sorted(folded), pa.string())
     rows: dict[str, dict[str, Any]] = {}
     for s in spooled:
-        if not any(k.record_id in secondaries for k in s.keys):
-            continue
         for spool in s.spools:
-            for row in pq.read_table(spool, columns=columns).to_pylist():
-                if row["record_id"] in secondaries:
-                    rows[row["record_id"]] = row
+            table = pq.read_table(spool, columns=columns)
+            for row in table.filter(pc.is_in(table.column("record_id"), value_set=wanted)).to_pylist():
+                rows[row["record_id"]] = row
     return rows
 
 
@@ -513,14 +558,15 @@ def _merged(row: dict[str, Any], secondaries: list[dict[str, Any]]) -> dict[str,
 
 
 def _merge_batch(
-    table: pa.Table, plan: dict[str, list[str]], secondaries: set[str], extra: dict[str, dict[str, Any]]
-) -> pa.Table:
-    """The batch without secondary records, its primaries merged; only merged rows become Python objects."""
+    table: pa.Table, plan: dict[str, list[str]], folded: set[str], extra: dict[str, dict[str, Any]]
+) -> tuple[pa.Table, np.ndarray]:
+    """The batch without folded records, its primaries merged, and the batch rows it kept; only merged
+    rows become Python objects."""
     ids = table.column("record_id").to_pylist()
-    kept = [i for i, rid in enumerate(ids) if rid not in secondaries]
+    kept = [i for i, rid in enumerate(ids) if rid not in folded]
     merging = [i for i in kept if ids[i] in plan]
     if not merging:
-        return table.take(pa.array(kept, type=pa.int64())).cast(FEATURES.arrow_schema)
+        return table.take(pa.array(kept, type=pa.int64())).cast(FEATURES.arrow_schema), np.asarray(kept, dtype=np.int64)
     plain = [i for i in kept if ids[i] not in plan]
     merged = [_merged(row, [extra[r] for r in plan[row["record_id"]]]) for row in table.take(merging).to_pylist()]
     combined = pa.concat_tables(
@@ -530,50 +576,58 @@ def _merge_batch(
         ]
     )
     position = {i: k for k, i in enumerate(plain + merging)}
-    return combined.take(pa.array([position[i] for i in kept], type=pa.int64()))
+    return combined.take(pa.array([position[i] for i in kept], type=pa.int64())), np.asarray(kept, dtype=np.int64)
 
 
-_AllShards = tuple[dict[str, int], dict[str, int], dict[str, list[str]], Counter[str], set[str]]
+_AllShards = tuple[dict[str, int], dict[str, int], dict[str, list[str]], Counter[str]]
 
 
-def _write_all_shards(
-    spooled: list[_Spooled], split_of: dict[str, str], staging: Path, options: BuildOptions
-) -> _AllShards:
+def _write_all_shards(spooled: list[_Spooled], plan: _Plan, staging: Path, options: BuildOptions) -> _AllShards:
     """The `all` config's own shards: the sources with merged images, merged (runs in any process)."""
-    plan = _merge_plan(spooled)
-    secondaries = {r for rs in plan.values() for r in rs}
-    involved = {k.source for s in spooled for k in s.keys if k.record_id in plan or k.record_id in secondaries}
-    extra = _secondary_rows(spooled, secondaries)
+    folded = {r for rs in plan.merges.values() for r in rs}
+    involved = [s for s in spooled if s.source in plan.involved]
+    extra = _folded_rows(involved, folded)
     writers = _split_writers(staging, ALL_CONFIG, options)
     licenses: Counter[str] = Counter()
-    for s in spooled:
-        if s.source not in involved:
-            continue
-        for table in _spool_batches(s.spools):
-            rows = _merge_batch(table, plan, secondaries, extra)
+    for s in involved:
+        for start, table in _spool_batches(s.spools):
+            rows, kept = _merge_batch(table, plan.merges, folded, extra)
             licenses.update(rows.column("license_id").to_pylist())
             if rows.num_rows:
-                _route(rows, split_of, writers)
+                _route(rows, plan.splits[s.source][start + kept], writers)
     counts, sizes, shards = _close(writers, staging)
-    return counts, sizes, shards, licenses, involved
+    return counts, sizes, shards, licenses
 
 
-def _write_configs(
-    spooled: list[_Spooled], split_of: dict[str, str], staging: Path, options: BuildOptions
-) -> list[ConfigResult]:
+def _write_configs(spooled: list[_Spooled], plan: _Plan, staging: Path, options: BuildOptions) -> list[ConfigResult]:
     """Every config; with num_proc > 1 the configs are written by that many processes at once."""
-    calls: list[tuple[Any, ...]] = [(_write_source_config, s, split_of, staging, options) for s in spooled]
-    calls.append((_write_all_shards, spooled, split_of, staging, options))
+    calls: list[tuple[Any, ...]] = [
+        (_write_source_config, s, plan.splits[s.source], staging, options) for s in spooled
+    ]
+    calls.append((_write_all_shards, spooled, plan, staging, options))
     *configs, all_shards = map_ordered(calls, options.num_proc)
-    counts, sizes, shards, licenses, involved = all_shards
+    counts, sizes, shards, licenses = all_shards
     for config in configs:
-        if config.name not in involved:
+        if config.name not in plan.involved:
             licenses.update(config.licenses)
             for split in SPLITS:
                 counts[split] += config.split_counts[split]
                 sizes[split] += config.split_bytes[split]
                 shards[split] += config.shards[split]
     return [*configs, ConfigResult(ALL_CONFIG, counts, sizes, shards, licenses)]
+
+
+def _write_attribution(path: Path, spooled: list[_Spooled]) -> None:
+    """ATTRIBUTION.md: one credit line per record, by record id (a sort of three Arrow columns)."""
+    columns = ["record_id", "license_id", "attribution"]
+    tables = [pq.read_table(spool, columns=columns) for s in spooled for spool in s.spools]
+    credits = pa.concat_tables(tables)
+    credits = credits.set_column(2, "attribution", pc.fill_null(credits.column("attribution"), ""))
+    credits = credits.sort_by([(name, "ascending") for name in columns])
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write(ATTRIBUTION_HEADER)
+        for batch in credits.to_batches(max_chunksize=_ATTRIBUTION_ROWS):
+            handle.writelines(attribution_lines(zip(*(batch.column(i).to_pylist() for i in range(3)), strict=True)))
 
 
 # --- the rest ----------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from string import Template
 from typing import TYPE_CHECKING, Any
@@ -135,18 +136,18 @@ def render_license_file(configs: list[ConfigResult]) -> str:
     )
 
 
-def render_attribution(credits: list[tuple[str, str, str]]) -> str:
+ATTRIBUTION_HEADER = """# Attribution
+
+Credit for every image in this build, as its license requires.
+
+| record | license | credit |
+|---|---|---|
+"""
+
+
+def attribution_lines(credits: Iterable[tuple[str, str, str]]) -> Iterator[str]:
     """Per-image credit, as CC BY requires: record, license (with its link), credit line."""
-    lines = [
-        "# Attribution",
-        "",
-        "Credit for every image in this build, as its license requires.",
-        "",
-        "| record | license | credit |",
-        "|---|---|---|",
-    ]
     for record_id, license_id, credit in credits:
         url = LICENSES[license_id].url if license_id in LICENSES else None
         shown = f"[{license_id}]({url})" if url else license_id
-        lines.append(f"| {record_id} | {shown} | {credit.replace('|', '/')} |")
-    return "\n".join(lines) + "\n"
+        yield f"| {record_id} | {shown} | {credit.replace('|', '/')} |\n"

@@ -30,13 +30,12 @@ from tqdm import tqdm
 from covid_cxr_unified.adapters.base import Adapter, AdapterReport, ItemNote, UnitDelta, WorkUnit
 from covid_cxr_unified.harmonize.errors import BuildError
 from covid_cxr_unified.harmonize.features import record_to_row
-from covid_cxr_unified.harmonize.groups import RecordKeys
 from covid_cxr_unified.harmonize.license_policy import LicensePolicy, record_permitted
 from covid_cxr_unified.harmonize.shards import ShardWriter
 from covid_cxr_unified.schema.record import Record
 
 KILL_ENV = "COVID_CXR_UNIFIED_KILL_AT"  # test hook: SIGKILL the build at the named checkpoint
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: keys and credits are read from the spool, not listed here
 
 
 class Engine(StrEnum):
@@ -66,11 +65,9 @@ class UnitJob:
 class UnitResult:
     """A finished unit, as read back from its manifest."""
 
-    spool: Path | None
-    keys: list[RecordKeys]
-    same_image: dict[str, tuple[str, ...]]
+    spool: Path | None  # the unit's records; pass 2 reads grouping keys and credits from its columns
+    rows: int
     licenses: Counter[str]
-    credits: list[tuple[str, str, str]]
     delta: UnitDelta
     resumed: bool = False
 
@@ -95,19 +92,6 @@ def _policy_filter(policy: LicensePolicy) -> Callable[[Record], str | None] | No
     return exclude
 
 
-def keys_of(record: Record) -> RecordKeys:
-    image = record.image
-    return RecordKeys(
-        record_id=record.record_id,
-        source=record.source.value,
-        patient_id=record.patient.patient_id,
-        linked_patients=tuple(link.patient_id for link in record.links if link.patient_id),
-        file_sha256=None if image is None else image.sha256,
-        pixel_sha256=None if image is None else image.pixel_sha256,
-        phash=None if image is None else image.perceptual_hash,
-    )
-
-
 def run_unit_job(
     adapter: Adapter, job: UnitJob, policy: LicensePolicy, tick: Callable[[], object] | None = None
 ) -> dict[str, Any]:
@@ -115,21 +99,10 @@ def run_unit_job(
     folder = Path(job.folder)
     worker = adapter.unit_worker()
     writer = ShardWriter(folder, f"{job.unit.index:05d}", max_shard_bytes=2**62, spool=True)
-    keys: list[list[Any]] = []
-    same_image: dict[str, list[str]] = {}
     licenses: Counter[str] = Counter()
-    credits: list[list[str]] = []
     for emitted in worker.run_unit(job.unit, _policy_filter(policy), tick):
-        record = emitted.record
-        writer.write(record_to_row(record, emitted.image_bytes))
-        k = keys_of(record)
-        keys.append([k.record_id, k.source, k.patient_id, list(k.linked_patients), k.file_sha256, k.pixel_sha256,
-                     k.phash])
-        same = [link.record_id for link in record.links if link.relation == "same_image"]
-        if same:
-            same_image[record.record_id] = same
-        licenses[record.license.license_id] += 1
-        credits.append([record.record_id, record.license.license_id, record.license.attribution or ""])
+        writer.write(record_to_row(emitted.record, emitted.image_bytes))
+        licenses[emitted.record.license.license_id] += 1
     paths = writer.close()
     delta = worker.delta()
     manifest = {
@@ -137,10 +110,8 @@ def run_unit_job(
         "unit": job.unit.key,
         "resume_key": job.resume_key,
         "spool": paths[0].name if paths else None,
-        "keys": keys,
-        "same_image": same_image,
+        "rows": writer.rows,
         "licenses": dict(licenses),
-        "credits": credits,
         "report": _report_json(delta.report),
         "state": {name: _state_json(value) for name, value in delta.state.items()},
         "digest": delta.digest,
@@ -191,10 +162,8 @@ def _state_json(value: Any) -> Any:
 def _result(job: UnitJob, manifest: dict[str, Any], resumed: bool) -> UnitResult:
     return UnitResult(
         spool=None if manifest["spool"] is None else Path(job.folder) / manifest["spool"],
-        keys=[RecordKeys(k[0], k[1], k[2], tuple(k[3]), k[4], k[5], k[6]) for k in manifest["keys"]],
-        same_image={rid: tuple(targets) for rid, targets in manifest["same_image"].items()},
+        rows=manifest["rows"],
         licenses=Counter(manifest["licenses"]),
-        credits=[(c[0], c[1], c[2]) for c in manifest["credits"]],
         delta=UnitDelta(_report_from_json(job.source, manifest["report"]), manifest["state"], manifest["digest"]),
         resumed=resumed,
     )

@@ -15,7 +15,7 @@ pictures at least 20: no false merge on either. A false merge would only join tw
 from __future__ import annotations
 
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +23,10 @@ from itertools import pairwise
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from covid_cxr_unified.harmonize.columns import encode, hash_words, hex_words, strings
 
 NEAR_DUPLICATE_BITS = 14
 _PARALLEL_ROWS = 50_000  # from this many hashes on, bands are searched in parallel threads
@@ -64,16 +68,31 @@ class UnionFind:
 
 @dataclass
 class Grouping:
-    """`group_of[patient_id]` is the group key: the smallest patient id of its component."""
+    """Patients (every patient id of the records, their links and the id map, sorted) and, per patient,
+    the index of its group key: the smallest patient id of its component. Arrays, not dicts: a few
+    bytes per record."""
 
-    group_of: dict[str, str]
+    patients: pa.Array
+    root: np.ndarray  # per patient: index into `patients` of its group key
+    record_patient: np.ndarray  # per record (in key-table order): index into `patients`
     merges: Counter[str] = field(default_factory=Counter)  # why components were joined, by kind
 
-    def members(self, keys: Iterable[RecordKeys]) -> dict[str, list[str]]:
-        groups: dict[str, list[str]] = defaultdict(list)
-        for key in keys:
-            groups[self.group_of[key.patient_id]].append(key.record_id)
-        return groups
+    @property
+    def patient_count(self) -> int:
+        return len(self.patients)
+
+    @property
+    def group_count(self) -> int:
+        return int(np.count_nonzero(self.root == np.arange(len(self.root))))
+
+    @property
+    def group_of(self) -> dict[str, str]:
+        """patient id -> group key, as a dict (for small builds and tests)."""
+        return dict(zip(self.patients.to_pylist(), self.patients.take(self.root).to_pylist(), strict=True))
+
+    def group_key(self, root: int) -> str:
+        key: str = self.patients[root].as_py()
+        return key
 
 
 def near_duplicate_pairs(
@@ -138,20 +157,6 @@ def near_duplicate_rows(
         found = lane(0)
     pairs: np.ndarray = np.unique(np.concatenate([np.empty(0, dtype=np.int64), *found]))
     return pairs
-
-
-def hash_words(raw: np.ndarray) -> np.ndarray:
-    """Rows of hash bytes as big-endian 64-bit words, most significant first (left-padded); each
-    column of words is contiguous."""
-    padded = np.ascontiguousarray(raw)
-    if raw.shape[1] % 8 or not raw.shape[1]:
-        padded = np.zeros((raw.shape[0], -(-raw.shape[1] // 8) * 8), dtype=np.uint8)
-        padded[:, padded.shape[1] - raw.shape[1] :] = raw
-    big_endian = padded.view(">u8")
-    words = np.empty((big_endian.shape[1], len(big_endian)), dtype=np.uint64)
-    for index in range(big_endian.shape[1]):
-        words[index] = big_endian[:, index]
-    return words.T
 
 
 def _by_frequency(labels: np.ndarray) -> np.ndarray:
@@ -269,33 +274,117 @@ def _run_starts(*ordered: np.ndarray) -> np.ndarray:
     return starts
 
 
+KEY_COLUMNS = ("record_id", "source", "patient_id", "links", "image_sha256", "image_pixel_sha256", "image_phash")
+_LINKS = pa.list_(pa.struct([("record_id", pa.string()), ("patient_id", pa.string()), ("relation", pa.string())]))
+
+
+def key_table(keys: Iterable[RecordKeys]) -> pa.Table:
+    """RecordKeys as the columns `group_records` reads (the build reads them from its spools)."""
+    listed = list(keys)
+    return pa.table(
+        {
+            "record_id": pa.array([k.record_id for k in listed], pa.string()),
+            "source": pa.array([k.source for k in listed], pa.string()),
+            "patient_id": pa.array([k.patient_id for k in listed], pa.string()),
+            "links": pa.array(
+                [[{"record_id": None, "patient_id": p, "relation": None} for p in k.linked_patients] for k in listed],
+                _LINKS,
+            ),
+            "image_sha256": pa.array([k.file_sha256 for k in listed], pa.string()),
+            "image_pixel_sha256": pa.array([k.pixel_sha256 for k in listed], pa.string()),
+            "image_phash": pa.array([k.phash for k in listed], pa.string()),
+        }
+    )
+
+
 def group_records(
-    keys: Iterable[RecordKeys],
+    keys: pa.Table | Iterable[RecordKeys],
     id_map: Iterable[tuple[str, str]] = (),
     near_bits: int | None = NEAR_DUPLICATE_BITS,
 ) -> Grouping:
-    """Connected components of patients; `near_bits=None` turns near-duplicate search off."""
-    keys = list(keys)
-    uf = UnionFind()
-    merges: Counter[str] = Counter()
-    for key in keys:
-        uf.find(key.patient_id)
-        for other in key.linked_patients:
-            merges["cross-source link"] += uf.union(key.patient_id, other)
-    for a, b in id_map:
-        merges["id map"] += uf.union(a, b)
-    for kind in ("file_sha256", "pixel_sha256"):
-        first_patient: dict[str, str] = {}
-        for key in keys:
-            value = getattr(key, kind)
-            if value is not None:
-                merges[f"identical {kind.split('_')[0]}"] += uf.union(
-                    first_patient.setdefault(value, key.patient_id), key.patient_id
-                )
+    """Connected components of patients; `near_bits=None` turns near-duplicate search off. `keys` holds
+    `KEY_COLUMNS` of every record; the work is on integer codes of its columns."""
+    table = keys if isinstance(keys, pa.Table) else key_table(keys)
+    pairs = list(id_map)
+    id_a, id_b = (pa.array([pair[side] for pair in pairs], pa.string()) for side in (0, 1))
+    link_rows, linked = _linked_patients(table.column("links"))
+    record_patients = strings([table.column("patient_id")])
+    everything = pa.chunked_array([*record_patients.chunks, linked, id_a, id_b], type=record_patients.type)
+    patients = pc.unique(everything.drop_null()).sort()
+
+    def code(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        found: np.ndarray = pc.index_in(values, value_set=patients).to_numpy(zero_copy_only=False).astype(np.int64)
+        return found
+
+    record_patient = code(record_patients)
+    edges = {
+        "cross-source link": (record_patient[link_rows], code(linked)),
+        "id map": (code(id_a), code(id_b)),
+        "identical file": _same_value_edges(table.column("image_sha256"), record_patient),
+        "identical pixel": _same_value_edges(table.column("image_pixel_sha256"), record_patient),
+    }
     if near_bits is not None:
-        patient_of = {key.record_id: key.patient_id for key in keys}
-        hashes = [(key.record_id, key.phash) for key in keys if key.phash is not None]
-        for a, b in near_duplicate_pairs(hashes, near_bits):
-            merges["near-duplicate picture"] += uf.union(patient_of[a], patient_of[b])
-    group_of = {patient: uf.find(patient) for patient in list(uf.items())}
-    return Grouping(group_of=group_of, merges=+merges)
+        edges["near-duplicate picture"] = _near_duplicate_edges(table, record_patient, near_bits)
+    root = np.arange(len(patients), dtype=np.int64)
+    merges: Counter[str] = Counter()
+    for kind, (a, b) in edges.items():  # in this order: each merge is counted under the first kind that made it
+        before = np.count_nonzero(root == np.arange(len(root)))
+        root = _join(root, a, b)
+        merges[kind] = int(before - np.count_nonzero(root == np.arange(len(root))))
+    return Grouping(patients=patients, root=root, record_patient=record_patient, merges=+merges)
+
+
+def _linked_patients(links: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(record row, linked patient id) of every link that names a patient."""
+    rows, named, start = [np.empty(0, dtype=np.int64)], [pa.array([], pa.string())], 0
+    for chunk in links.chunks:
+        if pa.types.is_list(chunk.type) and pa.types.is_struct(chunk.type.value_type):
+            patient = pc.list_flatten(chunk).field("patient_id")
+            present = pc.fill_null(pc.not_equal(patient, ""), False)
+            parent = pc.list_parent_indices(chunk).filter(present).to_numpy(zero_copy_only=False)
+            rows.append(parent.astype(np.int64) + start)
+            named.append(patient.filter(present).cast(pa.string()))
+        start += len(chunk)
+    return np.concatenate(rows), pa.concat_arrays(named)
+
+
+def _same_value_edges(column: pa.ChunkedArray, record_patient: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Patient pairs of consecutive records with the same (present) value."""
+    codes, _ = encode(strings([column]))
+    rows = np.flatnonzero(codes >= 0)
+    ordered = rows[np.argsort(codes[rows], kind="stable")]
+    same = codes[ordered[1:]] == codes[ordered[:-1]]
+    return record_patient[ordered[:-1][same]], record_patient[ordered[1:][same]]
+
+
+def _near_duplicate_edges(table: pa.Table, record_patient: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Patient pairs of records whose perceptual hashes differ in at most `bits` bits."""
+    column = strings([table.column("image_phash")])
+    parsed = hex_words(column)
+    if parsed is None:  # hashes not all of one even length, or not plain hex: the general (slower) path
+        rows = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
+        hashes = zip(rows.tolist(), column.drop_null().to_pylist(), strict=True)
+        named = near_duplicate_pairs(((str(r), h) for r, h in hashes), bits)
+        found = np.asarray([(int(a), int(b)) for a, b in named], dtype=np.int64).reshape(-1, 2)
+        return record_patient[found[:, 0]], record_patient[found[:, 1]]
+    words, valid, length = parsed
+    rows = np.flatnonzero(valid)
+    pairs = near_duplicate_rows(words, length, bits)
+    return record_patient[rows[pairs // max(1, len(rows))]], record_patient[rows[pairs % max(1, len(rows))]]
+
+
+def _join(root: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Components after adding edges a-b: per node, the smallest node of its component (`root` holds
+    that for the edges so far). Roots hook onto smaller roots, then paths are halved until flat."""
+    root = root.copy()
+    while True:
+        ra, rb = root[a], root[b]
+        apart = ra != rb
+        if not apart.any():
+            return root
+        np.minimum.at(root, np.maximum(ra, rb)[apart], np.minimum(ra, rb)[apart])
+        while True:
+            jumped = root[root]
+            if np.array_equal(jumped, root):
+                break
+            root = jumped

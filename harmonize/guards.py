@@ -7,7 +7,6 @@ shortcut traps (a class that comes from a single source; pediatric-only negative
 
 from __future__ import annotations
 
-import binascii
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,12 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from covid_cxr_unified.harmonize.columns import encode, fixed_width, hex_words, strings, take_rows
 from covid_cxr_unified.harmonize.errors import HarmonizeError
 from covid_cxr_unified.harmonize.features import LABEL_STATE_NAMES
 from covid_cxr_unified.harmonize.groups import (
     NEAR_DUPLICATE_BITS,
     UnionFind,
-    hash_words,
     near_duplicate_pairs,
     near_duplicate_rows,
 )
@@ -169,15 +168,15 @@ class _Rows:
                 split_names.append(name)
             split_codes.append(np.full(table.num_rows, split_names.index(name), dtype=np.int64))
         split = np.concatenate(split_codes)
-        columns = {name: _strings([table.column(name) for _, table in tables]) for name in _STRING_COLUMNS}
-        record, record_names = _encode(columns["record_id"])
+        columns = {name: strings([table.column(name) for _, table in tables]) for name in _STRING_COLUMNS}
+        record, record_names = encode(columns["record_id"])
         records = len(record_names)
         missing = np.where(record < 0, records, record)  # a missing id is one more value, as for pandas
         if len(missing) and np.bincount(missing).max() > 1:  # the same record twice (in other configs)
             keep = _first_of_each(missing * max(1, len(split_names)) + split)
         else:
             keep = np.arange(len(split))
-        source, source_names = _encode(columns["source"])
+        source, source_names = encode(columns["source"])
         covid19 = [_numbers(table.column("covid19"), pa.int64(), -1) for _, table in tables]
         age = [_numbers(table.column("age_years"), pa.float64(), None) for _, table in tables]
         return cls(
@@ -200,7 +199,7 @@ class _Rows:
 
     def codes(self, column: str) -> np.ndarray:
         """Integer code per kept row of a string column (-1: missing)."""
-        codes: np.ndarray = _encode(self.columns[column])[0][self.keep]
+        codes: np.ndarray = encode(self.columns[column])[0][self.keep]
         return codes
 
     def linked(self) -> tuple[np.ndarray, list[Any]]:
@@ -263,27 +262,10 @@ class _Rows:
         return leaks
 
 
-def _strings(columns: list[pa.ChunkedArray]) -> pa.ChunkedArray:
-    """The chunks of a string column of every table as one column (an all-null column may be typed null)."""
-    chunks = [chunk for column in columns for chunk in column.chunks]
-    chunks = [c if pa.types.is_string(c.type) or pa.types.is_large_string(c.type) else c.cast(pa.string())
-              for c in chunks]
-    if any(pa.types.is_large_string(c.type) for c in chunks):
-        chunks = [c.cast(pa.large_string()) for c in chunks]
-    return pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.string())
-
-
 def _numbers(column: pa.ChunkedArray, type_: pa.DataType, fill: int | None) -> np.ndarray:
     cast = column.cast(type_)
     values: np.ndarray = (cast if fill is None else cast.fill_null(fill)).to_numpy(zero_copy_only=False)
     return values
-
-
-def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """An integer code per value (-1: missing) and the distinct values."""
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    codes: np.ndarray = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return codes, encoded.dictionary
 
 
 def _first_of_each(values: np.ndarray) -> np.ndarray:
@@ -336,33 +318,11 @@ def _spread_hashed(hashes: np.ndarray, valid: np.ndarray, splits: np.ndarray) ->
     return entries
 
 
-def _fixed_width(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
-    """(valid mask, bytes of the valid values as rows) of a string array whose values all have the same
-    length (and missing values none); None otherwise."""
-    n = len(chunk)
-    offsets = np.frombuffer(
-        chunk.buffers()[1],
-        dtype=np.int64 if pa.types.is_large_string(chunk.type) else np.int32,
-        count=n + 1,
-        offset=chunk.offset * (8 if pa.types.is_large_string(chunk.type) else 4),
-    ) if n else np.zeros(1, dtype=np.int32)
-    valid = chunk.is_valid().to_numpy(zero_copy_only=False) if chunk.null_count else np.ones(n, dtype=bool)
-    lengths = np.diff(offsets)
-    width = int(lengths[valid][0]) if valid.any() else 0
-    if (lengths != np.where(valid, width, 0)).any():
-        return None
-    data = chunk.buffers()[2]
-    if data is None or not width:
-        return valid, np.zeros((int(valid.sum()), width), dtype=np.uint8)
-    values = np.frombuffer(data, dtype=np.uint8)[int(offsets[0]) : int(offsets[-1])]
-    return valid, values.reshape(-1, width)
-
-
 def _fingerprints(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
     """(64-bit hash, valid mask) of each value when every chunk holds values of one length."""
     hashes, valids = [np.empty(0, dtype=np.uint64)], [np.empty(0, dtype=bool)]
     for chunk in column.chunks:
-        fixed = _fixed_width(chunk)
+        fixed = fixed_width(chunk)
         if fixed is None:
             return None
         valid, values = fixed
@@ -416,7 +376,7 @@ def _picture_leaks(rows: _Rows) -> list[Leak]:
         entries = _spread_hashed(hashes, valid, splits)
     else:
         both = pa.chunked_array([c for name in columns for c in rows.columns[name].chunks])
-        codes, _ = _encode(both)
+        codes, _ = encode(both)
         total = len(rows.columns[columns[0]])
         entries = _spread(np.concatenate([codes[:total][rows.keep], codes[total:][rows.keep]]), splits)
     return rows.leaks("identical picture", columns, entries)
@@ -426,10 +386,10 @@ def _near_duplicate_leaks(rows: _Rows, bits: int) -> list[Leak]:
     """Pairs of records in different splits whose perceptual hashes differ in at most `bits` bits."""
     last = _last_of_each(np.where(rows.record < 0, rows.records, rows.record))  # a record's last row stands for it
     column = rows.columns["image_phash"]
-    parsed = _hex_words(column)  # all rows at once (no copy of the strings) ...
+    parsed = hex_words(column)  # all rows at once (no copy of the strings) ...
     if parsed is None:  # ... or the rows that count
         column = column.take(pa.array(rows.keep[last], type=pa.int64()))
-        parsed = _hex_words(column)
+        parsed = hex_words(column)
         last = last[column.is_valid().to_numpy(zero_copy_only=False)]
         words = parsed[0] if parsed is not None else None
     else:
@@ -437,7 +397,7 @@ def _near_duplicate_leaks(rows: _Rows, bits: int) -> list[Leak]:
         last = last[valid[rows.keep[last]]]
         words = parsed[0]
         if len(last) != len(words):  # not every hashed row counts: gather those that do
-            words = _take_rows(words, (np.cumsum(valid) - 1)[rows.keep[last]])
+            words = take_rows(words, (np.cumsum(valid) - 1)[rows.keep[last]])
     if parsed is None or words is None:  # not all of one even length, or not plain hex: as the build does it
         record_ids, splits = rows.values("record_id", last), [rows.split_names[s] for s in rows.split[last]]
         split_of = dict(zip(record_ids, splits, strict=True))
@@ -455,37 +415,6 @@ def _near_duplicate_leaks(rows: _Rows, bits: int) -> list[Leak]:
         _leak("near-duplicate picture", f"{a}~{b}", (split_of[a], split_of[b]), (f"{a}@{split_of[a]}", f"{b}@{split_of[b]}"))  # noqa: E501
         for a, b in pairs
     ]
-
-
-def _hex_words(hashes: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """(64-bit words of the present values, which values are present, bit length) of hex strings all
-    of one even length, parsed in bulk; None for anything else."""
-    parts, valid, widths = [], [np.empty(0, dtype=bool)], set()
-    for chunk in hashes.chunks:
-        fixed = _fixed_width(chunk)
-        if fixed is None:
-            return None
-        valid.append(fixed[0])
-        if len(fixed[1]):
-            parts.append(fixed[1])
-            widths.add(fixed[1].shape[1])
-    if len(widths) != 1 or min(widths) % 2:
-        return None
-    try:
-        raw = [np.frombuffer(binascii.unhexlify(np.ascontiguousarray(part).data), dtype=np.uint8) for part in parts]
-    except binascii.Error:
-        return None
-    width = widths.pop()
-    joined = raw[0] if len(raw) == 1 else np.concatenate(raw)
-    return hash_words(joined.reshape(-1, width // 2)), np.concatenate(valid), 4 * width
-
-
-def _take_rows(words: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows of `words`, each column contiguous."""
-    taken = np.empty((words.shape[1], len(rows)), dtype=words.dtype)
-    for index in range(words.shape[1]):
-        taken[index] = words[:, index][rows]
-    return taken.T
 
 
 def _label_by_source(rows: _Rows) -> dict[str, dict[str, dict[str, int]]]:

@@ -6,6 +6,11 @@ from pathlib import Path
 
 from covid_cxr_unified.adapters import adapter_class
 from covid_cxr_unified.adapters.base import AdapterReport
+from covid_cxr_unified.adapters.limits import (
+    DEFAULT_MAX_ARCHIVE_MEMBERS,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_JSON_BYTES,
+)
 from covid_cxr_unified.harmonize.errors import BuildError
 
 
@@ -22,8 +27,15 @@ def inspect_source(
 ) -> AdapterReport:
     """`limits`: adapter input limits (max_image_pixels, max_json_bytes, max_archive_members)."""
     links = {adapter_class(name).name: linked for name, linked in (related or {}).items()}
+    given = limits or {}
     adapter = adapter_class(source)(
-        path, images=images, metadata_only=metadata_only, related=links, **(limits or {})
+        path,
+        images=images,
+        metadata_only=metadata_only,
+        related=links,
+        max_image_pixels=given.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
+        max_json_bytes=given.get("max_json_bytes", DEFAULT_MAX_JSON_BYTES),
+        max_archive_members=given.get("max_archive_members", DEFAULT_MAX_ARCHIVE_MEMBERS),
     )
     try:
         handle = None if records_jsonl is None else records_jsonl.open("w", encoding="utf-8")

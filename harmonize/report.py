@@ -22,8 +22,8 @@ def report_data(
         "sources": {c.name: {**c.report.details(), "splits": c.split_counts} for c in configs if c.report},
         "configs": {c.name: c.split_counts for c in configs},
         "groups": {
-            "groups": len(set(grouping.group_of.values())),
-            "patients": len(grouping.group_of),
+            "groups": grouping.group_count,
+            "patients": grouping.patient_count,
             "merges": dict(sorted(grouping.merges.items())),
         },
         "guard": guard.to_dict(),

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from datasets import DatasetDict, concatenate_datasets, load_dataset
@@ -63,9 +64,9 @@ def test_build_refuses_a_leaking_assignment(tmp_path: Path, monkeypatch: pytest.
     assert not out.exists()
 
 
-def _per_record_assignment(keys, grouping, options):  # type: ignore[no-untyped-def]
-    """A broken assignment: records of one patient alternate between train and test."""
-    return {key.record_id: ("train", "test")[index % 2] for index, key in enumerate(keys)}
+def _per_record_assignment(grouping, options):  # type: ignore[no-untyped-def]
+    """A broken assignment: records of one patient alternate between train (0) and test (2)."""
+    return (np.arange(len(grouping.record_patient)) % 2 * 2).astype(np.int8)
 
 
 def test_cli_verify_passes_and_fails(demo_build: Path, tmp_path: Path) -> None:
