@@ -13,7 +13,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import io
-import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -302,14 +301,17 @@ class Ieee8023Adapter(Adapter):
         return SourceFormatError(f"ieee8023: {self.metadata.name} line {line_num}: {exc}")
 
     def _index_patients_and_filenames(self) -> None:
-        """Done in discovery so that any range of rows can be processed alone."""
-        self._duplicate_count = 0
-        rows = self._numbered_rows(0, self._row_count)
-        while batch := list(itertools.islice(rows, ROWS_PER_BLOCK)):
-            self._add_sexes([cells for _, (_, _, cells) in batch])
-            self._add_first_rows(self._items(batch))
+        """Done in discovery so that any range of rows can be processed alone. Rows go last to first:
+        the row of a filename written last, its first in-scope row, is the one the table keeps."""
+        in_scope = 0
+        for start in reversed(range(0, self._row_count, ROWS_PER_BLOCK)):
+            rows = list(self._numbered_rows(start, min(start + ROWS_PER_BLOCK, self._row_count)))[::-1]
+            self._add_sexes([cells for _, (_, _, cells) in rows])
+            in_scope += self._add_first_rows(self._items(rows))
+        self._duplicate_count = in_scope - len(self._first_rows)
 
     def _add_sexes(self, lines: list[list[str]]) -> None:
+        """Merge the sexes these rows give into each patient's sorted list."""
         if "sex" not in self.header:
             return
         pid, sex = self.header.index("patientid"), self.header.index("sex")
@@ -325,19 +327,18 @@ class Ieee8023Adapter(Adapter):
                 changed[patient] = merged
         self._sexes.update(changed.items())
 
-    def _add_first_rows(self, items: Iterable[SourceItem]) -> None:
-        first_rows: dict[str, int | None] = {}
-        for item in items:
-            try:
-                self._check_row(item)
-            except (ExcludeItem, QuarantineItem):
-                continue
-            filename = self._column(item, "filename")
-            if filename in first_rows or filename in self._first_rows:
-                self._duplicate_count += 1
-            else:
-                first_rows[filename] = item.row
-        self._first_rows.update(first_rows.items())
+    def _add_first_rows(self, items: Iterable[SourceItem]) -> int:
+        """Write filename -> row for the in-scope items, in their order; return how many there are."""
+        pairs = [(self._column(item, "filename"), item.row) for item in items if self._in_scope(item)]
+        self._first_rows.update(pairs)
+        return len(pairs)
+
+    def _in_scope(self, item: SourceItem) -> bool:
+        try:
+            self._check_row(item)
+        except (ExcludeItem, QuarantineItem):
+            return False
+        return True
 
     def items(self) -> Iterator[SourceItem]:
         return self._items(self._numbered_rows(0, self._row_count))
