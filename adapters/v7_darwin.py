@@ -4,19 +4,19 @@ One item per annotated image, from a COCO export, Darwin JSON 1.0 or Darwin JSON
 `v7_formats`). Tags are curator facts copied from the June-2020 ieee8023 metadata; they are mapped by
 exact tables below. Masks carry V7's CC BY 4.0; the image keeps ieee8023's per-image license, known
 only when the image is linked to its ieee8023 row.
+
+Discovery keeps its per-image state on disk (`DiskIndex` in `workdir`): the images, the items in
+order and each image's link; units only read it, so memory does not grow with the export.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
-
-from pydantic import JsonValue
+from typing import Any, ClassVar
 
 from covid_cxr_unified.adapters.base import (
     Adapter,
@@ -26,18 +26,20 @@ from covid_cxr_unified.adapters.base import (
     SourceItem,
     WorkUnit,
 )
+from covid_cxr_unified.adapters.disk_index import DiskIndex, DiskTable
 from covid_cxr_unified.adapters.ieee8023 import LICENSES as IEEE8023_LICENSES
 from covid_cxr_unified.adapters.ieee8023 import PLAUSIBLE_RANGES
 from covid_cxr_unified.adapters.masks import GeometryError, Rle, polygon_rle, uncompressed_rle
-from covid_cxr_unified.adapters.v7_formats import TOO_LARGE, Export, V7Annotation, V7Image, read_export
-from covid_cxr_unified.adapters.v7_linkage import (
-    DISAGREE,
-    Ieee8023Row,
-    compare,
-    read_ieee8023_rows,
-    tally,
-    unmatched_reason,
+from covid_cxr_unified.adapters.v7_formats import (
+    TOO_LARGE,
+    BatchWriter,
+    ChunkedList,
+    ImageTable,
+    V7Annotation,
+    V7Image,
+    read_export,
 )
+from covid_cxr_unified.adapters.v7_linkage import Ieee8023Row, Linkage, link_of, read_ieee8023_rows
 from covid_cxr_unified.schema.licenses import UNKNOWN_LICENSE_ID, license_record
 from covid_cxr_unified.schema.record import (
     Clinical,
@@ -203,6 +205,16 @@ class Link:
     disagreements: tuple[str, ...]  # field names
 
 
+@dataclass(frozen=True)
+class _Current:
+    """The item being processed (check_scope and to_record look it up by key)."""
+
+    key: str
+    image: V7Image
+    duplicate: bool  # its file_name repeats an earlier image's
+    link: Link | None
+
+
 class V7DarwinAdapter(Adapter):
     name: ClassVar[Source] = Source.V7_DARWIN
     unit_state: ClassVar[tuple[str, ...]] = ("_masks", "_rejected", "_repaired", "_annotations_seen")
@@ -225,9 +237,12 @@ class V7DarwinAdapter(Adapter):
     def __init__(self, root: Path, **kwargs: object) -> None:
         super().__init__(root, **kwargs)  # type: ignore[arg-type]
         self.release = ""
-        self._images: dict[str, V7Image] = {}
-        self._duplicates: set[str] = set()
-        self._links: dict[str, Link] = {}
+        self._images: ImageTable | None = None
+        self._order: ChunkedList | None = None  # [item key, image position, duplicate?, link] of each item
+        self._numbers: DiskTable | None = None  # item key -> [image position, duplicate?, link]
+        self._links: DiskTable | None = None  # file_name -> link: [ieee8023 cells, disagreeing fields]
+        self._link_header: list[str] = []  # the ieee8023 columns of those cells
+        self._current: _Current | None = None  # the item being processed
         self._masks: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
         self._repaired = 0
@@ -237,62 +252,67 @@ class V7DarwinAdapter(Adapter):
     # --- discovery ---------------------------------------------------------------------------
     def discover(self) -> None:
         export = read_export(
-            self.root, self.access, max_json_bytes=self.max_json_bytes, max_members=self.max_archive_members
+            self.root,
+            self.access,
+            max_json_bytes=self.max_json_bytes,
+            max_members=self.max_archive_members,
+            workdir=self.workdir,
         )
         self.release = export.release
-        self._index(export)
-        self._annotations_input = sum(len(image.annotations) for image in export.images)
+        self._images = export.images
+        linkage = self._linkage(export.images.index)
+        classes = self._index(export.images, linkage)
         self.report.notes["format"] = export.shape
         self.report.notes["export"] = export.notes
-        self.report.notes["annotations_by_class"] = dict(
-            sorted(Counter(a.category for image in export.images for a in image.annotations).items())
-        )
-        self._link_all(export)
+        self.report.notes["annotations_by_class"] = dict(sorted(classes.items()))
+        if linkage is None:
+            self.report.notes["linkage"] = "not attempted: no ieee8023 metadata given"
+        else:
+            self.report.notes.update(linkage.notes())
 
-    def _index(self, export: Export) -> None:
-        for number, image in enumerate(export.images, start=1):
-            key = image.file_name or image.source_file
-            if key in self._images:
-                key = f"{key} (duplicate {number})"
-                self._duplicates.add(key)
-            self._images[key] = image
-
-    def _link_all(self, export: Export) -> None:
+    def _linkage(self, index: DiskIndex) -> Linkage | None:
+        """Read the ieee8023 rows (to a scratch index) and set up the links table; None without ieee8023."""
         related = self.related.get(Source.IEEE8023)
         if related is None:
-            self.report.notes["linkage"] = "not attempted: no ieee8023 metadata given"
-            return
-        rows = read_ieee8023_rows(related)
-        unmatched: dict[str, JsonValue] = {}
-        outcomes: list[dict[str, str]] = []
-        for image in export.images:
-            if image.error is not None:
-                continue
-            reason = unmatched_reason(image.file_name, rows)
-            if reason is not None:
-                unmatched[image.file_name] = reason
-                continue
-            row = rows[image.file_name][0]
-            outcome = compare(comparable(parse_tags(image.tags)), row)
-            outcomes.append(outcome)
-            disagreements = tuple(name for name, kind in outcome.items() if kind == DISAGREE)
-            self._links[image.file_name] = Link(row, disagreements)
-        agreement = tally(outcomes)
-        self.report.notes["linkage"] = {
-            "ieee8023": related.name,
-            "images": len(self._links) + len(unmatched),
-            "matched": len(self._links),
-            "unmatched": dict(sorted(unmatched.items())),
-        }
-        self.report.notes["disagreements"] = {name: c.get(DISAGREE, 0) for name, c in agreement.items()}
-        self.report.notes["field_agreement"] = {name: dict(c) for name, c in agreement.items()}
+            return None
+        rows = read_ieee8023_rows(related, DiskIndex(self.workdir, name="v7-ieee8023"))
+        self._links, self._link_header = index.table("links"), rows.header
+        return Linkage(related, rows, self._links)
+
+    def _index(self, images: ImageTable, linkage: Linkage | None) -> Counter[str]:
+        """Key the items (a repeated file_name gets its own key), link each image and count the
+        annotations by class, in one pass; then list the items in order, each with its link."""
+        numbers = BatchWriter(images.index.table("numbers"))
+        classes: Counter[str] = Counter()
+        repeats = False
+        for position, image in enumerate(images.summaries()):
+            key, duplicate = image.file_name or image.source_file, False
+            if key in numbers:
+                key, duplicate, repeats = f"{key} (duplicate {position + 1})", True, True
+            link = None
+            if linkage is not None and image.error is None:
+                link = linkage.add(image.file_name, comparable(parse_tags(image.tags)))
+            numbers.add(key, [position, duplicate, link])  # a key met before keeps its place, takes this image
+            self._annotations_input += len(image.categories)
+            classes.update(image.categories)
+        numbers.flush()
+        if linkage is not None:
+            linkage.links.flush()
+        self._numbers = numbers.table
+        self._order = ChunkedList(images.index.table("item_order"), size=256)
+        for key, (position, duplicate, link) in numbers.table.items():
+            if repeats and self._links is not None:  # a file_name's link is its last image's
+                link = self._links.get(key)
+            self._order.append([key, position, duplicate, link])
+        self._order.close()
+        return classes
 
     # --- items ---------------------------------------------------------------------------------
     def items(self) -> Iterator[SourceItem]:
-        return self._items(0, len(self._images))
+        return self._items(0, len(self._order or ()))
 
     def units(self) -> list[WorkUnit]:
-        return self.range_units(len(self._images), "images")
+        return self.range_units(len(self._order or ()), "images")
 
     def items_of(self, unit: WorkUnit) -> Iterator[SourceItem]:
         return self._items(unit.start, unit.stop)
@@ -301,7 +321,11 @@ class V7DarwinAdapter(Adapter):
         self._note_annotations()
 
     def _items(self, start: int, stop: int) -> Iterator[SourceItem]:
-        for key, image in itertools.islice(self._images.items(), start, stop):
+        assert self._order is not None and self._images is not None, "discover() first"
+        for number in range(start, stop):
+            key, position, duplicate, link = self._order[number]
+            image = self._images[position]
+            self._current = _Current(key, image, duplicate, self._link(link))
             with_image = self.images is not None and not self.metadata_only and image.error is None
             yield SourceItem(
                 key=key,
@@ -310,6 +334,20 @@ class V7DarwinAdapter(Adapter):
                 fields=image.raw,
                 image_path=image.file_name if with_image and image.file_name else None,
             )
+
+    def _entry(self, key: str) -> _Current:
+        """The item `key`: its image, whether its file_name repeats an earlier one, and its link."""
+        if self._current is None or self._current.key != key:
+            assert self._numbers is not None and self._images is not None, "discover() first"
+            position, duplicate, _ = self._numbers[key]
+            image = self._images[position]
+            link = None if self._links is None else self._links.get(image.file_name)
+            self._current = _Current(key, image, duplicate, self._link(link))
+        return self._current
+
+    def _link(self, stored: list[Any] | None) -> Link | None:
+        """A link as stored by `Linkage`."""
+        return None if stored is None else Link(*link_of(stored, self._link_header))
 
     def _note_annotations(self) -> None:
         """Annotation accounting, current after every item: check_scope sees every item first."""
@@ -323,13 +361,14 @@ class V7DarwinAdapter(Adapter):
         }
 
     def check_scope(self, item: SourceItem, ctx: MappingContext) -> None:
-        image = self._images[item.key]
+        current = self._entry(item.key)
+        image = current.image
         self._annotations_seen += len(image.annotations)
         self._note_annotations()
         if image.error is not None:
             too_large = image.error.startswith(TOO_LARGE)
             raise QuarantineItem(TOO_LARGE if too_large else "annotation file unreadable", image.error)
-        if item.key in self._duplicates:
+        if current.duplicate:
             raise QuarantineItem("duplicate file_name", image.file_name)
         if not image.file_name:
             raise QuarantineItem("file_name missing")
@@ -343,16 +382,16 @@ class V7DarwinAdapter(Adapter):
 
     # --- mapping -------------------------------------------------------------------------------
     def to_record(self, item: SourceItem, image: ImageRef | None, ctx: MappingContext) -> Record:
-        entry = self._images[item.key]
+        current = self._entry(item.key)
+        entry, link = current.image, current.link
         width, height = entry.width or 0, entry.height or 0
         if image is not None and (image.width, image.height) != (width, height):
             raise QuarantineItem(
                 "image size differs from the annotated image", f"{image.width}x{image.height} vs {width}x{height}"
             )
         tags = parse_tags(entry.tags)
-        self._flag_tags(entry, tags, ctx)
+        self._flag_tags(entry, tags, link, ctx)
         masks, rejected, repairs = self._masks_of(entry, ctx)
-        link = self._links.get(entry.file_name)
         values = tags.values
         record = Record(
             record_id=f"v7_darwin:{entry.file_name}",
@@ -393,7 +432,7 @@ class V7DarwinAdapter(Adapter):
         self._note_annotations()
         return record
 
-    def _flag_tags(self, entry: V7Image, tags: Tags, ctx: MappingContext) -> None:
+    def _flag_tags(self, entry: V7Image, tags: Tags, link: Link | None, ctx: MappingContext) -> None:
         for tag in tags.unknown:
             ctx.unmapped("tag", tag)
         if tags.noise:
@@ -406,7 +445,6 @@ class V7DarwinAdapter(Adapter):
             number = _float(tags.values.get(column))
             if number is not None and not low <= number <= high:
                 ctx.flag(f"implausible {column}")
-        link = self._links.get(entry.file_name)
         for name in link.disagreements if link is not None else ():
             ctx.flag(f"V7 tag disagrees with ieee8023: {name}")
 
