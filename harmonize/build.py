@@ -424,7 +424,7 @@ def _spool_batches(spools: list[Path]) -> Iterator[tuple[int, pa.Table]]:
 def _read_keys(spooled: list[_Spooled]) -> pa.Table:
     """The grouping columns of every spooled record, source by source in unit order (no image bytes)."""
     tables = [pq.read_table(spool, columns=list(KEY_COLUMNS)) for s in spooled for spool in s.spools]
-    return pa.concat_tables(tables).combine_chunks()
+    return pa.concat_tables(tables)
 
 
 def _assign_splits(grouping: Grouping, options: BuildOptions) -> np.ndarray:
