@@ -1,12 +1,13 @@
 """The build: sources -> validated records -> Parquet shards per config and split -> card + report.
 
-Three streaming passes; image bytes live only inside the unit that reads them, while the light
-per-record keys (ids, links, hashes) are kept in memory and grow with the number of records:
+Three streaming passes. Image bytes live only inside the unit that reads them; the adapters keep
+their discovery indexes on disk (`adapters.disk_index`, under `staging/index`); what grows with the
+number of records is columnar: Arrow columns and integer arrays of pass 2 and the guard.
 1. each adapter is discovered, its items are cut into work units (row ranges, image ranges, subjects,
    archives) and every unit is validated, filtered by the license policy and spooled to its own
-   Parquet shard — in this process, a process pool (`num_proc`) or on Dask (`engine="dask"`) — while
-   the few keys grouping needs (ids, links, picture hashes) come back to be merged in unit order;
-2. records are grouped (patients, cross-source links, id map, duplicate pictures) and each group gets
+   Parquet shard — in this process, a process pool (`num_proc`) or on Dask (`engine="dask"`);
+2. the key columns of the spools (ids, links, picture hashes) are read back, records are grouped
+   (patients, cross-source links, id map, duplicate pictures) on integer codes, and each group gets
    a split by a keyed hash of its stable key;
 3. the spools are routed into `data/<source>/<split>-*.parquet` and the `all` config, where an image
    several sources describe becomes one record; then the split guard checks the written folder and a

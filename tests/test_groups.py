@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,13 @@ from PIL import Image
 
 import covid_cxr_unified.harmonize.groups as groups_module
 from covid_cxr_unified.adapters.pixels import dhash, hamming, picture_hashes, pixel_sha256
-from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, RecordKeys, group_records, near_duplicate_pairs
+from covid_cxr_unified.harmonize.groups import (
+    NEAR_DUPLICATE_BITS,
+    RecordKeys,
+    UnionFind,
+    group_records,
+    near_duplicate_pairs,
+)
 from covid_cxr_unified.harmonize.splits import SplitRatios, assign_split
 from covid_cxr_unified.harmonize.synthetic.images import encode, synthetic_array
 
@@ -138,3 +145,56 @@ def test_assignment_depends_only_on_the_group_key() -> None:
     assert before == after
     shares = [list(before.values()).count(s) / 500 for s in ("train", "validation", "test")]
     assert abs(shares[0] - 0.8) < 0.06 and abs(shares[1] - 0.1) < 0.04 and abs(shares[2] - 0.1) < 0.04
+
+
+def _reference_grouping(
+    keys: list[RecordKeys], id_map: list[tuple[str, str]], bits: int
+) -> tuple[dict[str, str], Counter[str]]:
+    """The plain union-find the columnar grouping replaced: unions in order, each counted by kind."""
+    uf, merges = UnionFind(), Counter[str]()
+    for key in keys:
+        uf.find(key.patient_id)
+        for other in key.linked_patients:
+            merges["cross-source link"] += uf.union(key.patient_id, other)
+    for a, b in id_map:
+        merges["id map"] += uf.union(a, b)
+    for kind, name in (("file_sha256", "identical file"), ("pixel_sha256", "identical pixel")):
+        first: dict[str, str] = {}
+        for key in keys:
+            value = getattr(key, kind)
+            if value is not None:
+                merges[name] += uf.union(first.setdefault(value, key.patient_id), key.patient_id)
+    patient_of = {key.record_id: key.patient_id for key in keys}
+    hashes = [(key.record_id, key.phash) for key in keys if key.phash is not None]
+    for a, b in near_duplicate_pairs(hashes, bits):
+        merges["near-duplicate picture"] += uf.union(patient_of[a], patient_of[b])
+    return {p: uf.find(p) for p in list(uf.items())}, +merges
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_columnar_grouping_matches_a_plain_union_find(seed: int) -> None:
+    rng = random.Random(seed)
+    patients = [f"{rng.choice('abc')}:{i}" for i in range(rng.randint(5, 120))]
+    bases = [f"{rng.getrandbits(64):016x}" for _ in range(8)]
+    keys = []
+    for i in range(rng.randint(1, 300)):
+        near = rng.random() < 0.5
+        phash = None if rng.random() < 0.2 else (rng.choice(bases) if near else f"{rng.getrandbits(64):016x}")
+        if phash is not None and near:  # a near copy: flip up to 4 bits
+            phash = f"{int(phash, 16) ^ sum(1 << rng.randrange(64) for _ in range(rng.randint(0, 4))):016x}"
+        keys.append(
+            RecordKeys(
+                f"r{i}",
+                "x",
+                rng.choice(patients),
+                linked_patients=tuple(rng.choice([*patients, "z:linked"]) for _ in range(rng.choice([0, 0, 0, 1, 2]))),
+                file_sha256=rng.choice([None, None, "f1", "f2", f"u{i}"]),
+                pixel_sha256=rng.choice([None, "p1", f"v{i}"]),
+                phash=phash,
+            )
+        )
+    id_map = [(rng.choice(patients), rng.choice([*patients, "y:only-in-map"])) for _ in range(rng.randint(0, 5))]
+    grouping = group_records(keys, id_map, near_bits=6)
+    group_of, merges = _reference_grouping(keys, id_map, 6)
+    assert grouping.group_of == group_of and grouping.merges == merges
+    assert grouping.patient_count == len(group_of) and grouping.group_count == len(set(group_of.values()))
