@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ _TEXT = (235, 235, 235)
 _MUTED = (160, 160, 160)
 
 # Columns each figure reads; `split` is derived from the shard file name.
-PLOT_COLUMNS = ("record_id", "source", "view", "covid19", "age_years")
+PLOT_COLUMNS = ("source", "view", "covid19", "age_years")
 SHEET_COLUMNS = (
     "record_id",
     "source",
@@ -83,6 +84,7 @@ SHEET_COLUMNS = (
 )
 
 Rows: TypeAlias = pa.Table | Sequence[Mapping[str, Any]]
+_SLICE_ROWS = 10_000  # rows that become Python objects at once
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,17 @@ def read_config(
     return pa.concat_tables(tables)
 
 
+def _row_groups(
+    build_dir: Path, config: str, columns: Sequence[str], shards: Mapping[str, Sequence[str]] | None
+) -> Iterator[pa.Table]:
+    """The `columns` of `config`, one row group at a time (split then shard order)."""
+    for paths in config_shards(build_dir, config, shards).values():
+        for path in paths:
+            parquet = pq.ParquetFile(path)
+            for group in range(parquet.metadata.num_row_groups):
+                yield parquet.read_row_group(group, columns=list(columns))
+
+
 def _read_shard(path: Path, columns: Sequence[str], wanted: pa.Array | None) -> list[pa.Table]:
     parquet = pq.ParquetFile(path)
     if wanted is None:
@@ -154,10 +167,19 @@ def _read_shard(path: Path, columns: Sequence[str], wanted: pa.Array | None) -> 
 
 
 def _rows(data: Rows, columns: Sequence[str]) -> list[dict[str, Any]]:
+    return list(_iter_rows(data, columns))
+
+
+def _iter_rows(data: Rows, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """The rows as dicts of `columns` (None where missing); a table becomes Python objects a slice at a time."""
     if isinstance(data, pa.Table):
         present = [c for c in columns if c in data.column_names]
-        return [{c: row.get(c) for c in columns} for row in data.select(present).to_pylist()]
-    return [{c: row.get(c) for c in columns} for row in data]
+        for start in range(0, data.num_rows, _SLICE_ROWS):
+            for row in data.select(present).slice(start, _SLICE_ROWS).to_pylist():
+                yield {c: row.get(c) for c in columns}
+    else:
+        for row in data:
+            yield {c: row.get(c) for c in columns}
 
 
 def _class_name(value: object, names: Sequence[str]) -> str:
@@ -482,15 +504,14 @@ def _empty(axes: Any, text: str = "no records") -> None:
 def plot_views(rows: Rows, path: Path, *, title: str) -> Path:
     """Write a horizontal bar chart of the number of images per view, stacked by split when `rows`
     has a `split` column, each bar labelled with its count and share."""
-    records = _rows(rows, ("view", "split"))
     counts: Counter[tuple[str, str]] = Counter(
-        (_class_name(r["view"], VIEW_NAMES), r.get("split") or "all") for r in records
+        (_class_name(r["view"], VIEW_NAMES), r.get("split") or "all") for r in _iter_rows(rows, ("view", "split"))
     )
     splits = [s for s in (*SPLITS, "all") if any(k[1] == s for k in counts)]
     figure = _figure(7.2, 3.0)
     axes = figure.add_subplot()
     _style(axes)
-    total = len(records)
+    total = sum(counts.values())
     figure.suptitle(f"{title}: view of {total:,} images", fontsize=12, x=0.02, ha="left")
     if not total:
         _empty(axes)
@@ -519,25 +540,26 @@ def plot_ages(rows: Rows, path: Path, *, title: str) -> Path:
     """Write a histogram of `age_years` in 5-year bins (ages of 100 and over in the last), stacked by
     COVID-19 state, with the number of images without an age. Negatives that are all children, a
     known shortcut, show as a blue block at the left."""
-    records = _rows(rows, ("age_years", "covid19"))
-    aged = [r for r in records if r["age_years"] is not None]
-    unknown = len(records) - len(aged)
+    ages_of: dict[str, array[float]] = {state: array("d") for state in LABEL_STATE_NAMES}  # 8 bytes an age
+    total = 0
+    for r in _iter_rows(rows, ("age_years", "covid19")):
+        total += 1
+        if r["age_years"] is not None:
+            state = _class_name(r["covid19"], LABEL_STATE_NAMES)
+            ages_of.setdefault(state, array("d")).append(min(float(r["age_years"]), AGE_MAX - 1e-9))
+    unknown = total - sum(len(ages) for ages in ages_of.values())
     figure = _figure(7.2, 3.0)
     axes = figure.add_subplot()
     _style(axes)
-    figure.suptitle(f"{title}: age of {len(records):,} images", fontsize=12, x=0.02, ha="left")
-    if not aged:
-        _empty(axes, "no ages" if records else "no records")
+    figure.suptitle(f"{title}: age of {total:,} images", fontsize=12, x=0.02, ha="left")
+    if unknown == total:
+        _empty(axes, "no ages" if total else "no records")
         return _save_figure(figure, path)
     edges = np.arange(0, AGE_MAX + AGE_BIN_YEARS, AGE_BIN_YEARS, dtype=np.float64)
     centers = edges[:-1] + AGE_BIN_YEARS / 2
     bottom = np.zeros(len(centers))
     for state in LABEL_STATE_NAMES:
-        ages = [
-            min(float(r["age_years"]), AGE_MAX - 1e-9)
-            for r in aged
-            if _class_name(r["covid19"], LABEL_STATE_NAMES) == state
-        ]
+        ages = ages_of[state]
         if not ages:
             continue
         heights, _ = np.histogram(np.clip(ages, 0, None), bins=edges)
@@ -556,7 +578,7 @@ def plot_ages(rows: Rows, path: Path, *, title: str) -> Path:
     axes.set_ylabel("images", fontsize=9)
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.legend(frameon=False, fontsize=8, loc="upper left")
-    share = unknown / len(records)
+    share = unknown / total
     axes.text(
         0.99,
         0.97,
@@ -574,15 +596,16 @@ def plot_label_by_source(rows: Rows, path: Path, *, title: str) -> Path:
     """Write the COVID-19 state x source table as 100% stacked bars, one per source and split, each
     segment labelled with its count and each bar with its total. A class that comes from a single
     source (the DeGrave shortcut) shows as a colour present in one group of bars only."""
-    records = _rows(rows, ("source", "covid19", "split"))
     counts: Counter[tuple[str, str, str]] = Counter(
-        (str(r["source"]), r.get("split") or "all", _class_name(r["covid19"], LABEL_STATE_NAMES)) for r in records
+        (str(r["source"]), r.get("split") or "all", _class_name(r["covid19"], LABEL_STATE_NAMES))
+        for r in _iter_rows(rows, ("source", "covid19", "split"))
     )
     bars = sorted({(source, split) for source, split, _ in counts}, key=lambda k: (k[0], _split_rank(k[1])))
     figure = _figure(7.2, 1.3 + 0.34 * max(len(bars), 1))
     axes = figure.add_subplot()
     _style(axes)
-    figure.suptitle(f"{title}: COVID-19 state by source ({len(records):,} images)", fontsize=12, x=0.02, ha="left")
+    total = sum(counts.values())
+    figure.suptitle(f"{title}: COVID-19 state by source ({total:,} images)", fontsize=12, x=0.02, ha="left")
     if not bars:
         _empty(axes)
         return _save_figure(figure, path)
@@ -654,8 +677,8 @@ def render_card_figures(
     """
     out = build_dir / "images" if out_dir is None else out_dir
     plot_rows = read_config(build_dir, config, PLOT_COLUMNS, shards=shards)
-    keys = read_config(build_dir, config, ("record_id", "source", "masks"), shards=shards)
-    chosen = choose_sample(_sample_candidates(keys), samples)
+    keys = _row_groups(build_dir, config, ("record_id", "source", "masks"), shards)
+    chosen = choose_sample((row for table in keys for row in _sample_candidates(table)), samples)
     picked = _rows(read_config(build_dir, config, SHEET_COLUMNS, record_ids=chosen, shards=shards), SHEET_COLUMNS)
     by_id = {r["record_id"]: r for r in picked if r["image"] is not None}
     ordered = [by_id[rid] for rid in chosen if rid in by_id]
