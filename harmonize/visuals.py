@@ -83,7 +83,7 @@ SHEET_COLUMNS = (
     "masks",
 )
 
-Rows: TypeAlias = pa.Table | Sequence[Mapping[str, Any]]
+Rows: TypeAlias = pa.Table | Iterable[Mapping[str, Any]]  # an iterable is read once per plot
 _SLICE_ROWS = 10_000  # rows that become Python objects at once
 
 
@@ -140,6 +140,29 @@ def read_config(
     if not tables:
         return pa.table({**{c: pa.array([], pa.null()) for c in columns}, "split": pa.array([], pa.string())})
     return pa.concat_tables(tables)
+
+
+@dataclass(frozen=True)
+class _ConfigRows:
+    """The rows of `config` as dicts of `columns` plus `split`, read again row group by row group on
+    each iteration (so a plot holds one row group, not the config)."""
+
+    build_dir: Path
+    config: str
+    columns: Sequence[str]
+    shards: Mapping[str, Sequence[str]] | None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for split, paths in config_shards(self.build_dir, self.config, self.shards).items():
+            for path in paths:
+                parquet = pq.ParquetFile(path)
+                for group in range(parquet.metadata.num_row_groups):
+                    for row in parquet.read_row_group(group, columns=list(self.columns)).to_pylist():
+                        yield {**row, "split": split}
+
+    def __len__(self) -> int:
+        paths = config_shards(self.build_dir, self.config, self.shards).values()
+        return sum(pq.ParquetFile(path).metadata.num_rows for split_paths in paths for path in split_paths)
 
 
 def _row_groups(
@@ -676,7 +699,7 @@ def render_card_figures(
     of the row groups holding the `samples` chosen rows.
     """
     out = build_dir / "images" if out_dir is None else out_dir
-    plot_rows = read_config(build_dir, config, PLOT_COLUMNS, shards=shards)
+    plot_rows = _ConfigRows(build_dir, config, PLOT_COLUMNS, shards)
     keys = _row_groups(build_dir, config, ("record_id", "source", "masks"), shards)
     chosen = choose_sample((row for table in keys for row in _sample_candidates(table)), samples)
     picked = _rows(read_config(build_dir, config, SHEET_COLUMNS, record_ids=chosen, shards=shards), SHEET_COLUMNS)
@@ -691,7 +714,7 @@ def render_card_figures(
                 title=f"{config}: sample images",
                 columns=6,
                 tile=192,
-                total=plot_rows.num_rows,
+                total=len(plot_rows),
             ),
             f"{config}: {len(ordered)} sample images with lung (blue), finding (red) and ignore (yellow) masks",
             build_dir,
