@@ -24,6 +24,7 @@ from covid_cxr_unified.adapters.urls import without_surrogates
 
 CHUNK_BYTES = 1 << 18
 _WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace, as json.loads skips it
+_NUMBER_CHARS = re.compile(r"[0-9.eE+\-]*")
 # The escapes `load_json` looks for: only they make lone surrogates.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _DECODER = json.JSONDecoder()
@@ -48,9 +49,14 @@ class Member:
     items: Iterator[tuple[Any, str]] | None = None
 
 
-def members(binary: Readable, streamed: Collection[str], chunk_bytes: int = CHUNK_BYTES) -> Iterator[Member]:
-    """The members of the JSON object in `binary` (UTF-8, BOM allowed), read to its end."""
-    return _Reader(binary, chunk_bytes).members(streamed)
+def members(binary: Readable, streamed: Collection[str], chunk_bytes: int | None = None) -> Iterator[Member]:
+    """The members of the JSON object in `binary` (UTF-8, BOM allowed), read to its end, `chunk_bytes`
+    (default CHUNK_BYTES) at a time."""
+    return _Reader(binary, chunk_bytes or CHUNK_BYTES).members(streamed)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class _Reader:
@@ -115,8 +121,8 @@ class _Reader:
                 if self._read_more():
                     continue
                 raise NotStreamable(str(exc)) from exc
-            if end == len(self._text) and self._read_more():
-                continue  # a number or literal may go on in the next chunk
+            if _is_number(value) and _NUMBER_CHARS.fullmatch(self._text, end) and self._read_more():
+                continue  # the text read so far ends in the number, which may go on ("1" of "1e5")
             if _SURROGATE_ESCAPE.search(self._text, self._pos, end):
                 value = without_surrogates(value)
             text, self._pos = self._text[self._pos : end], end
