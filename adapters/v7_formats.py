@@ -147,7 +147,7 @@ class BatchWriter:
     """Adds to a DiskTable in batches (one transaction each). `get` and `in` see what is pending (for
     single-value tables); `flush()` before reading the table itself."""
 
-    def __init__(self, table: DiskTable, size: int = 1024) -> None:
+    def __init__(self, table: DiskTable, size: int = 256) -> None:
         self.table = table
         self._size = size
         self._pending: list[tuple[str, Any]] = []
@@ -222,7 +222,7 @@ class ImageTable:
     def __init__(self, index: DiskIndex) -> None:
         self.index = index
         self._values = ChunkedList(index.table("images"))
-        self._summaries = ChunkedList(index.table("image_summaries"), size=1024)
+        self._summaries = ChunkedList(index.table("image_summaries"), size=256)
 
     def append(self, image: V7Image) -> None:
         self.append_json(image_json(image))
@@ -591,7 +591,7 @@ def _coco_images(coco: _CocoParts, categories: dict[str, str], file: JsonFile, i
 class _Cached:
     """Look-ups in a DiskTable through a bounded cache: most tags (X-ray, Sex/M, …) recur on every image."""
 
-    def __init__(self, table: DiskTable, limit: int = 4096) -> None:
+    def __init__(self, table: DiskTable, limit: int = 256) -> None:
         self._table = table
         self._limit = limit
         self._cache: dict[str, Any] = {}

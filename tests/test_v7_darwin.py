@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import pickle
 import shutil
 import statistics
 import sys
+import tracemalloc
 import zipfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from datasets import concatenate_datasets, load_dataset
 from typer.testing import CliRunner
 
-from covid_cxr_unified.adapters import ADAPTERS
+from covid_cxr_unified.adapters import ADAPTERS, v7_stream
 from covid_cxr_unified.adapters.base import Emitted
 from covid_cxr_unified.adapters.masks import Rle, decode, iou
 from covid_cxr_unified.adapters.v7_darwin import V7DarwinAdapter, image_masks
@@ -22,7 +26,7 @@ from covid_cxr_unified.adapters.v7_formats import COCO, DARWIN_1, DARWIN_2, read
 from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
 from covid_cxr_unified.harmonize.cli import app
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
-from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
+from covid_cxr_unified.harmonize.synthetic.ieee8023 import HEADERS, write_ieee8023
 from covid_cxr_unified.harmonize.synthetic.v7_darwin import (
     MOJIBAKE_LOCATION,
     V7_ONLY_NAME,
@@ -384,6 +388,128 @@ def test_darwin_2_written_by_darwin_py_gives_the_same_masks(v7: V7Fixture, tmp_p
     their_records, our_records = records_by_file(theirs), records_by_file(ours)
     assert _masks_of(their_records) == _masks_of(our_records)
     assert {k: r.covid19 for k, r in their_records.items()} == {k: r.covid19 for k, r in our_records.items()}
+
+
+# --- discovery on disk ---------------------------------------------------------------------------------------
+
+
+def _bulk_export(folder: Path, images: int) -> tuple[Path, Path]:
+    """A COCO export of `images` images (one lung polygon each, a patient tag each) and the ieee8023
+    metadata.csv listing them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ring = [4.5, 4.5, 20.25, 4.5, 20.25, 20.25, 4.5, 20.25]
+    coco = {
+        "info": {"date_created": "2020/06/17"},
+        "images": [
+            {"id": i, "file_name": f"bulk-{i}.png", "width": 32, "height": 32, "tag_ids": [1000 + i, 1, 2]}
+            for i in range(images)
+        ],
+        "annotations": [
+            {"id": i, "image_id": i, "category_id": 0, "segmentation": [ring], "area": 248.0625,
+             "bbox": [4.5, 4.5, 15.75, 15.75]}
+            for i in range(images)
+        ],
+        "categories": [{"id": 0, "name": "Lung"}],
+        "tag_categories": [{"id": 1, "name": "X-ray"}, {"id": 2, "name": "COVID-19"}]
+        + [{"id": 1000 + i, "name": f"PatientID:{i}"} for i in range(images)],
+    }
+    export = folder / "output.json"
+    export.write_text(json.dumps(coco), encoding="utf-8")
+    header = list(HEADERS["newest"])
+    with (folder / "metadata.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, header, restval="")
+        writer.writeheader()
+        for i in range(images):
+            writer.writerow({"patientid": str(i), "filename": f"bulk-{i}.png", "view": "PA", "license": "CC BY 4.0"})
+    return export, folder / "metadata.csv"
+
+
+def _peak_of_a_run(folder: Path, images: int) -> int:
+    """tracemalloc's peak over discovery and every unit (metadata only), in bytes."""
+    export, metadata = _bulk_export(folder, images)
+    adapter = V7DarwinAdapter(export, related={Source.IEEE8023: metadata}, workdir=folder / "index")
+    tracemalloc.start()
+    try:
+        records = sum(1 for _ in adapter.run())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert records == images and adapter.report.notes["linkage"]["matched"] == images  # type: ignore[index,call-overload]
+    return peak
+
+
+def test_memory_does_not_grow_with_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(v7_stream, "CHUNK_BYTES", 1 << 14)  # so the small export already fills every buffer
+    small, large = _peak_of_a_run(tmp_path / "small", 400), _peak_of_a_run(tmp_path / "large", 1600)
+    # Holding the images, their annotations and the ieee8023 rows in memory took ~3.5 kB an image.
+    assert large - small < 300_000, (small, large)
+
+
+def test_a_pickled_copy_is_small_and_runs_its_units_from_the_index(v7: V7Fixture, tmp_path: Path) -> None:
+    adapter = V7DarwinAdapter(v7.coco_zip, related={Source.IEEE8023: v7.ieee8023}, workdir=tmp_path)
+    adapter.discover()
+    pickled = pickle.dumps(adapter)
+    assert len(pickled) < 10_000  # the discovered state is on disk: nothing per image is pickled
+    copy = pickle.loads(pickled)
+    records = []
+    for unit in copy.units():
+        worker = copy.unit_worker()
+        records += [e.record.model_dump_json() for e in worker.run_unit(unit)]
+    assert records == [e.record.model_dump_json() for e in adapter_for(v7, "coco_zip").run()]
+
+
+def _records_json(adapter: V7DarwinAdapter) -> list[str]:
+    """Every record, but its release (which names the export file's hash)."""
+    return [e.record.model_dump_json(exclude={"release"}) for e in adapter.run()]
+
+
+def test_coco_members_in_any_order_read_the_same(v7: V7Fixture, tmp_path: Path) -> None:
+    document = json.loads(v7.coco_json.read_text(encoding="utf-8"))
+    reordered = tmp_path / "output.json"
+    reordered.write_text(json.dumps(dict(reversed(list(document.items())))), encoding="utf-8")
+    theirs = V7DarwinAdapter(reordered, related={Source.IEEE8023: v7.ieee8023})
+    assert _records_json(theirs) == _records_json(adapter_for(v7, "coco_json"))
+
+
+def test_a_coco_key_given_twice_keeps_its_last_value_as_json_loads_does(v7: V7Fixture, tmp_path: Path) -> None:
+    text = v7.coco_json.read_text(encoding="utf-8")
+    twice = tmp_path / "output.json"
+    twice.write_text('{"images": [{"id": 1, "file_name": "gone.png"}], ' + text.lstrip()[1:], encoding="utf-8")
+    theirs = V7DarwinAdapter(twice, related={Source.IEEE8023: v7.ieee8023})
+    assert _records_json(theirs) == _records_json(adapter_for(v7, "coco_json"))
+
+
+def _coco_text(**members: Any) -> str:
+    return "{" + ", ".join(f"{json.dumps(key)}: {json.dumps(value)}" for key, value in members.items()) + "}"
+
+
+def test_coco_errors_come_in_the_order_reading_the_whole_file_gave(tmp_path: Path) -> None:
+    export = tmp_path / "output.json"
+    images = [{"id": 1, "file_name": "a.png", "tag_ids": [1]}]
+    # The annotation's image_id fails first in the file, the categories' id first as read: categories win.
+    export.write_text(
+        _coco_text(images=images, annotations=[{"id": 1, "image_id": [1]}], categories=[{"id": {"a": 1}}]),
+        encoding="utf-8",
+    )
+    with pytest.raises(SourceFormatError, match=r"COCO export \(TypeError: unhashable type: 'dict'\)"):
+        read_export(export, "")
+    # A list that is not one of objects outranks any such error; a JSON error anywhere outranks both.
+    export.write_text(_coco_text(annotations=[{"image_id": [1]}], categories=[], images=[1]), encoding="utf-8")
+    with pytest.raises(SourceFormatError, match="'images' is not a list of objects"):
+        read_export(export, "")
+    export.write_text(_coco_text(annotations=[{"image_id": [1]}], categories=[], images=[1])[:-1], encoding="utf-8")
+    with pytest.raises(SourceFormatError, match="neither a COCO export nor Darwin JSON"):
+        read_export(export, "")
+
+
+def test_ieee8023_bytes_that_are_not_utf8_outrank_an_earlier_csv_error(v7: V7Fixture, tmp_path: Path) -> None:
+    metadata = tmp_path / "metadata.csv"
+    metadata.write_bytes(b"patientid,filename\n1,\"" + b"x" * 200_000 + b"\"\n2,b.png\n3,\xff.png\n")
+    with pytest.raises(SourceFormatError, match="is not UTF-8"):
+        list(V7DarwinAdapter(v7.coco_json, related={Source.IEEE8023: metadata}).run())
+    metadata.write_bytes(metadata.read_bytes().replace(b"\xff", b"c"))
+    with pytest.raises(SourceFormatError, match="line 2: field larger than field limit"):
+        list(V7DarwinAdapter(v7.coco_json, related={Source.IEEE8023: metadata}).run())
 
 
 # --- end to end ------------------------------------------------------------------------------------------------
