@@ -273,6 +273,7 @@ class V7DarwinAdapter(Adapter):
     def _linkage(self, index: DiskIndex) -> Linkage | None:
         """Read the ieee8023 rows (to a scratch index) and set up the links table; None without ieee8023."""
         related = self.related.get(Source.IEEE8023)
+        self._links, self._link_header = None, []
         if related is None:
             return None
         rows = read_ieee8023_rows(related, DiskIndex(self.workdir, name="v7-ieee8023"))
@@ -285,6 +286,7 @@ class V7DarwinAdapter(Adapter):
         numbers = BatchWriter(images.index.table("numbers"))
         classes: Counter[str] = Counter()
         repeats = False
+        self._annotations_input = 0
         for position, image in enumerate(images.summaries()):
             key, duplicate = image.file_name or image.source_file, False
             if key in numbers:
