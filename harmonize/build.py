@@ -183,23 +183,6 @@ def build(specs: Sequence[SourceSpec], options: BuildOptions) -> BuildResult:
         raise BuildError(f"num_proc must be at least 1, not {options.num_proc}")
     out = options.out.resolve()
     _check_replaceable(out)
-    with _system_memory_pool():
-        return _build_to(out, specs, options)
-
-
-@contextlib.contextmanager
-def _system_memory_pool() -> Iterator[None]:
-    """Arrow allocates from the C library's malloc during the build. Arrow's default (mimalloc) kept
-    ~50 MB of freed Parquet read buffers per 100k records resident; malloc gives them back."""
-    previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(previous)
-
-
-def _build_to(out: Path, specs: Sequence[SourceSpec], options: BuildOptions) -> BuildResult:
     id_map = _read_id_map(options.id_map) if options.id_map else []
     staging = out.parent / f".{out.name}.partial"
     try:
