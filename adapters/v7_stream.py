@@ -2,9 +2,11 @@
 
 Each value and list item is decoded by the standard library's own JSON decoder (`raw_decode`, what
 `json.loads` runs), with lone surrogates replaced as `load_json` does, so every value is exactly what
-`load_json` gives for the whole text. Only the top-level object (keys, `:`, `,`, whitespace) is
-walked here. Input that is not one well-formed JSON object with distinct keys raises `NotStreamable`:
-the caller then reads it whole, as before, and gets the same errors as before.
+`load_json` gives for the whole text. Only the top-level object (keys, `:`, `,`, whitespace) is walked
+here. Input that is not one well-formed JSON object with distinct keys raises `NotStreamable`: the
+caller then reads it whole, as before, and gets the same errors as before. (An item sits two levels
+less deep than in the whole text, so one within two levels of the recursion limit decodes here where
+`json.loads` of the whole gave up.)
 
 ijson (yajl2_c) was tried and not used: it rejects NaN/Infinity (which `json.loads` accepts and the
 COCO export may hold), turns lone surrogates into `?`, rejects a UTF-8 BOM, and builds a prefix
