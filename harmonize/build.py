@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from covid_cxr_unified.adapters import adapter_class
 from covid_cxr_unified.adapters.base import Adapter, AdapterReport
+from covid_cxr_unified.adapters.disk_index import DiskIndex, DiskTable
 from covid_cxr_unified.adapters.limits import (
     DEFAULT_MAX_ARCHIVE_MEMBERS,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -84,6 +85,7 @@ from covid_cxr_unified.schema.vocab import Source
 
 DEFAULT_OUT = Path("covid_cxr_unified")
 _MANIFEST_GROUPS = 4096  # groups.jsonl is written this many groups at a time
+_ROW_BATCH = 2_000  # rows read at once where rows become Python objects
 BUILD_MARKER = "build_report.json"
 ALL_CONFIG = "all"
 
@@ -529,16 +531,17 @@ def _write_source_config(spooled: _Spooled, split: np.ndarray, staging: Path, op
     return ConfigResult(name, counts, sizes, shards, spooled.licenses, spooled.report)
 
 
-def _folded_rows(spooled: list[_Spooled], folded: set[str]) -> dict[str, dict[str, Any]]:
-    """The rows (a few columns) of the records that fold into a primary."""
+def _folded_rows(spooled: list[_Spooled], folded: set[str], scratch: Path) -> DiskTable:
+    """The rows (a few columns) of the records that fold into a primary, by record id, on disk: their
+    masks can be large and there is one per annotated image."""
     columns = ["record_id", "source", "patient_id", "masks", "provenance"]
     wanted = pa.array(sorted(folded), pa.string())
-    rows: dict[str, dict[str, Any]] = {}
+    rows = DiskIndex(scratch, name="folded").table("rows")
     for s in spooled:
         for spool in s.spools:
-            table = pq.read_table(spool, columns=columns)
-            for row in table.filter(pc.is_in(table.column("record_id"), value_set=wanted)).to_pylist():
-                rows[row["record_id"]] = row
+            for batch in pq.ParquetFile(spool).iter_batches(batch_size=_ROW_BATCH, columns=columns):
+                hit = batch.filter(pc.is_in(batch.column("record_id"), value_set=wanted))
+                rows.update((row["record_id"], row) for row in hit.to_pylist())
     return rows
 
 
@@ -559,7 +562,7 @@ def _merged(row: dict[str, Any], secondaries: list[dict[str, Any]]) -> dict[str,
 
 
 def _merge_batch(
-    table: pa.Table, plan: dict[str, list[str]], folded: set[str], extra: dict[str, dict[str, Any]]
+    table: pa.Table, plan: dict[str, list[str]], folded: set[str], extra: DiskTable
 ) -> tuple[pa.Table, np.ndarray]:
     """The batch without folded records, its primaries merged, and the batch rows it kept; only merged
     rows become Python objects."""
@@ -587,7 +590,7 @@ def _write_all_shards(spooled: list[_Spooled], plan: _Plan, staging: Path, optio
     """The `all` config's own shards: the sources with merged images, merged (runs in any process)."""
     folded = {r for rs in plan.merges.values() for r in rs}
     involved = [s for s in spooled if s.source in plan.involved]
-    extra = _folded_rows(involved, folded)
+    extra = _folded_rows(involved, folded, staging / "spool")
     writers = _split_writers(staging, ALL_CONFIG, options)
     licenses: Counter[str] = Counter()
     for s in involved:
@@ -628,7 +631,7 @@ def _write_attribution(path: Path, spooled: list[_Spooled]) -> None:
         db.execute("PRAGMA synchronous=OFF")
         db.execute("CREATE TABLE credit (record_id TEXT, license_id TEXT, attribution TEXT)")
         for spool in (spool for s in spooled for spool in s.spools):
-            for batch in pq.ParquetFile(spool).iter_batches(columns=columns):
+            for batch in pq.ParquetFile(spool).iter_batches(batch_size=_ROW_BATCH, columns=columns):
                 ids, licenses, credits = (batch.column(i).to_pylist() for i in range(3))
                 rows = zip(ids, licenses, (credit or "" for credit in credits), strict=True)
                 db.executemany("INSERT INTO credit VALUES (?, ?, ?)", rows)
