@@ -486,7 +486,8 @@ def _merge_plan(keys: pa.Table) -> dict[str, list[str]]:
     record_ids = keys.column("record_id")
     linking = record_ids.take(pc.list_parent_indices(links).filter(same))
     targets = flat.field("record_id").filter(same)
-    present = pc.fill_null(pc.is_in(targets, value_set=record_ids), False)
+    found = record_ids.filter(pc.is_in(record_ids, value_set=pc.unique(targets)))  # hashes the targets only
+    present = pc.fill_null(pc.is_in(targets, value_set=found.combine_chunks()), False)
     primary_of: dict[str, str] = {}
     for record_id, target in zip(linking.filter(present).to_pylist(), targets.filter(present).to_pylist(), strict=True):
         primary_of[record_id] = min(primary_of.get(record_id, target), target)
