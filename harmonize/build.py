@@ -242,11 +242,24 @@ class _Timer:
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
+        _give_back_freed_memory()
         started = time.perf_counter()
         try:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
+
+
+def _give_back_freed_memory() -> None:
+    """Return the C heap's free pages to the OS (glibc `malloc_trim`; elsewhere nothing), so each step
+    starts from what is live, not from the high-water mark of the steps before: freed discovery
+    indexes and key tables otherwise stay resident (at 110k records, 394 -> 214 MB after pass 1)."""
+    try:
+        trim = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
+    except (OSError, TypeError):
+        return
+    if trim is not None:
+        trim(0)
 
 
 def _accounting(reports: Sequence[AdapterReport]) -> str:

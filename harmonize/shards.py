@@ -19,10 +19,10 @@ from covid_cxr_unified.harmonize.features import FEATURES
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
 # A row group closes at whichever comes first: 100 rows with an image (readers and the Hub's viewer
 # page image datasets by row group), 16 MiB of image bytes (two full-size 16-bit PNGs: the writer, the
-# router and the card's sampler each hold a few row groups, so this bounds their memory), or 2 000
-# rows (metadata-only rows of ~2 KB: a few MB per open row group, while each row group costs a fixed
-# ~3 ms of encoding, so much smaller ones would dominate).
-ROW_GROUP_ROWS = 2_000
+# router and the card's sampler each hold a few row groups, so this bounds their memory), or 500 rows
+# (metadata-only rows of 2-5 KB: ~2 MB per open row group, a few per writer; each row group costs a
+# fixed ~3 ms of encoding, so much smaller ones would dominate).
+ROW_GROUP_ROWS = 500
 ROW_GROUP_IMAGE_ROWS = 100
 ROW_GROUP_IMAGE_BYTES = 16 * 1024 * 1024
 # Image bytes are PNG/JPEG, already compressed: stored as they are, without dictionary or statistics
