@@ -103,6 +103,21 @@ def iter_archive(
     Every member, folders included, is checked before anything is read from it; an archive with
     more than `max_members` members is refused.
     """
+    for name, member, _, data in iter_archive_pieces(path, want, max_members, max_bytes, piece_bytes=-1):
+        yield name, member, data
+
+
+def iter_archive_pieces(
+    path: Path,
+    want: Callable[[str], bool],
+    max_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS,
+    max_bytes: Callable[[str], int | None] | None = None,
+    piece_bytes: int = _CHUNK,
+) -> Iterator[tuple[str, tarfile.TarInfo, int, bytes | None]]:
+    """`iter_archive`, with a read member's bytes in pieces so that none is held whole: (name, member,
+    offset, piece) for each piece of `piece_bytes` bytes (the last may be shorter; at least one, empty
+    for an empty member); (name, member, 0, None) for a member left unread. `piece_bytes=-1`: one piece.
+    """
     try:
         with tarfile.open(path, mode="r|*") as tar:
             for count, member in enumerate(tar, start=1):
@@ -113,12 +128,19 @@ def iter_archive(
                 name = check_member(path.name, member)
                 if not member.isfile():
                     continue
-                data = None
                 limit = None if max_bytes is None else max_bytes(name)
                 if want(name) and (limit is None or member.size <= limit):
                     handle = tar.extractfile(member)
-                    data = handle.read() if handle is not None else b""
-                yield name, member, data
+                    offset, piece = 0, handle.read(piece_bytes) if handle is not None else b""
+                    while True:  # a buffered read returns `piece_bytes` bytes unless the member ends
+                        yield name, member, offset, piece
+                        offset += len(piece)
+                        if handle is None or not (piece := handle.read(piece_bytes)):
+                            break
+                else:
+                    yield name, member, 0, None
+                # a stream keeps every member it has read (for getmembers()): memory per member, not needed here
+                tar.members = []  # type: ignore[attr-defined]
     except FileNotFoundError as exc:
         raise SourceNotFoundError(f"archive {path} disappeared while reading") from exc
     except (tarfile.TarError, EOFError, OSError) as exc:

@@ -27,6 +27,7 @@ from covid_cxr_unified.adapters.tar_reader import (
     UnsafeMemberError,
     check_member,
     iter_archive,
+    iter_archive_pieces,
     read_sha1sums,
     verify_sha1,
 )
@@ -170,6 +171,28 @@ def test_iter_archive_streams_and_reads_only_wanted(tmp_path: Path) -> None:
     path.write_bytes(b"not a tar")
     with pytest.raises(SourceFormatError, match="not a readable tar"):
         list(iter_archive(path, lambda n: True))
+
+
+def test_iter_archive_pieces_never_holds_a_member_whole(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in (("r/big.tsv", bytes(range(256)) * 5), ("r/empty.json", b""), ("r/a.png", b"A")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path = tmp_path / "p.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    pieces = iter_archive_pieces(path, lambda n: not n.endswith(".png"), piece_bytes=512)
+    got = [(n, offset, piece) for n, _, offset, piece in pieces]
+    assert [(n, offset, len(piece or b"")) for n, offset, piece in got] == [
+        ("r/big.tsv", 0, 512),
+        ("r/big.tsv", 512, 512),
+        ("r/big.tsv", 1024, 256),
+        ("r/empty.json", 0, 0),
+        ("r/a.png", 0, 0),
+    ]
+    assert b"".join(piece or b"" for n, _, piece in got if n == "r/big.tsv") == bytes(range(256)) * 5
+    assert got[3][2] == b"" and got[4][2] is None  # an empty member read, a member left unread
 
 
 # --- ROIs ----------------------------------------------------------------------------------------
