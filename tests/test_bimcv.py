@@ -16,14 +16,22 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 from typer.testing import CliRunner
 
-from covid_cxr_unified.adapters.bimcv import BimcvAdapter
+from covid_cxr_unified.adapters import bimcv
+from covid_cxr_unified.adapters.bimcv import BimcvAdapter, _Image
 from covid_cxr_unified.adapters.bimcv_vocab import LABELS
 from covid_cxr_unified.adapters.tar_reader import ChecksumMismatchError, UnsafeMemberError
 from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
 from covid_cxr_unified.harmonize.cli import app
 from covid_cxr_unified.harmonize.display import display_array
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
-from covid_cxr_unified.harmonize.synthetic.bimcv import SERIES, release_files, write_bimcv
+from covid_cxr_unified.harmonize.synthetic.bimcv import (
+    SERIES,
+    Series,
+    _sidecar,
+    release_files,
+    write_archives,
+    write_bimcv,
+)
 from covid_cxr_unified.schema.record import Record
 from covid_cxr_unified.schema.vocab import Covid19Basis, Finding, LabelState, Modality, Sex, Source, View, ViewBasis
 
@@ -537,10 +545,10 @@ def test_image_gone_between_discovery_and_reading_is_quarantined(tmp_path: Path)
     root = write_bimcv(tmp_path / "rel", archives=True).root
     adapter = BimcvAdapter(root)
     adapter.discover()
-    gone = next(p for p in adapter._images if "S03047" in p and p.endswith(".png"))
-    adapter._images[gone] = adapter._images[gone].__class__(
-        "covid19_posi/elsewhere.png", "covid19_posi_subjects_partab.tar.gz"
-    )
+    images = adapter.ix.images
+    gone = next(p for p in images if "S03047" in p and p.endswith(".png"))
+    moved = _Image(*images[gone])._replace(name="covid19_posi/elsewhere.png")  # a member the archive lacks
+    images[gone] = moved.to_json()
     adapter.discover = lambda: None  # type: ignore[method-assign]
     records = list(adapter.run())
     assert adapter.report.reconciles() and len(records) == 8
@@ -565,3 +573,62 @@ def _png16() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((8, 8), 1000, dtype=np.uint16)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# --- memory: nothing per image in Python containers ------------------------------------------------
+
+
+def _release_of(images: int) -> dict[str, bytes]:
+    """An iterations 1+2 release of `images` metadata-only images: two per subject, one per session."""
+    meta = "covid19_posi"
+    files: dict[str, bytes] = {}
+    participants = ["participant\tage\tgender"]
+    labels = ["\tPatientID\tReportID\tReport\tLabels\tlabelCUIS"]
+    tests = ["participant\tdate\ttest\tresult"]
+    for i in range(images):
+        sub, ses = f"sub-S{100_000 + i // 2}", f"ses-E{200_000 + i}"
+        stem = f"{sub}_{ses}_run-1_bp-chest_vp-pa_dx"
+        folder = f"{meta}/{sub}/{ses}/mod-rx"
+        files[f"{folder}/{stem}.png"] = b""
+        sidecar = _sidecar(Series(stem, "DX", "20200318", view_position="PA"), uid=i)
+        files[f"{folder}/{stem}.json"] = json.dumps(sidecar).encode()
+        labels.append(f"{i}\t{sub}\t{ses}\tr .\t['COVID 19']\t[C5203670]")
+        if i % 2 == 0:
+            participants.append(f"{sub}\t[{40 + i % 50}]\tM")
+            tests.append(f"{sub}\t17.03.2020\tPCR\tPOSITIVO")
+            files[f"{meta}/{sub}/{sub}_sessions.tsv"] = f"session_id\tstudy_date\n{ses}\t20200318\n".encode()
+    files[f"{meta}/participants.tsv"] = "\n".join(participants).encode() + b"\n"
+    files[f"{meta}/derivatives/labels/labels_covid_posi.tsv"] = "\n".join(labels).encode() + b"\n"
+    files[f"{meta}/derivatives/EHR/sil_reg_covid_posi.tsv"] = "\n".join(tests).encode() + b"\n"
+    return files
+
+
+def _write_release(folder: Path, files: dict[str, bytes], archives: bool) -> Path:
+    if archives:
+        write_archives(folder, files, "iter12")
+        return folder
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _containers(adapter: BimcvAdapter) -> dict[str, int]:
+    """The size of every container the adapter holds (its bounded look-up cache apart)."""
+    assert len(adapter._recent) <= bimcv.RECENT
+    kinds = (list, tuple, set, dict, bytes, bytearray)
+    return {name: len(value) for name, value in vars(adapter).items() if isinstance(value, kinds) and name != "_recent"}
+
+
+@pytest.mark.parametrize("archives", [False, True])
+def test_the_adapter_holds_nothing_per_image(tmp_path: Path, archives: bool) -> None:
+    sizes = []
+    for images in (10, 100):
+        root = _write_release(tmp_path / f"{images}", _release_of(images), archives)
+        adapter = BimcvAdapter(root, metadata_only=True)
+        adapter.discover()
+        discovered = _containers(adapter)
+        records = list(adapter.run())
+        assert len(records) == images and adapter.report.notes["participants"]["record"] == images // 2
+        sizes.append((discovered, _containers(adapter)))
+    assert sizes[0] == sizes[1]

@@ -64,7 +64,7 @@ def test_labels_table_cuis_with_empty_slots_and_tab_variant() -> None:
         b"1\tsub-S1\tses-E2\tr .\t\"['a'\t 'b']\"\t[]\t[]\t\"[C5203670\tC3544344]\"\t[]\n"
         b"2\tsub-S1\tses-E3\t\t\t\t\t\t\n"
     )
-    rows = parse_labels(data, "labels.tsv")
+    rows = list(parse_labels(data, "labels.tsv"))
     assert [r.cuis for r in rows] == [("C3544344", "C5203670"), ("C5203670", "C3544344"), ()]
     assert rows[0].labels == ("a", " b") and rows[1].labels == ("a", "b")
     assert rows[2].labels_missing and not rows[0].labels_missing and rows[2].report is None
@@ -75,9 +75,10 @@ def test_participants_junk_two_ages_none() -> None:
         b"participant\tmodality_dicom\tbody_parts\tage\tgender\n"
         b"sub-S1\t['DX']\t[['chest']]\t[66, 67]\tM\nsub-S2\t[]\t[]\t[]\tNone\nderivatives\t[]\t[]\t[]\tNone\n"
     )
-    people, junk = parse_participants(data, "participants.tsv")
+    rows = list(parse_participants(data, "participants.tsv"))
+    people = [p for p in rows if p is not None]
     assert [(p.participant, p.ages, p.gender) for p in people] == [("sub-S1", (66, 67), "M"), ("sub-S2", (), None)]
-    assert junk == [3]
+    assert [number for number, p in enumerate(rows, start=1) if p is None] == [3]
 
 
 def test_sessions_dates_and_report_text() -> None:
@@ -85,7 +86,7 @@ def test_sessions_dates_and_report_text() -> None:
         b"session_id\tstudy_date\tmedical_evaluation\n"
         b"ses-E1\t20200318\t['Rx torax AP.\\nInfiltrados.']\nses-E2\t\t\nses-E3\t20200325.0\t['a', 'b']\n"
     )
-    sessions = parse_sessions(data, "sub-S1_sessions.tsv")
+    sessions = list(parse_sessions(data, "sub-S1_sessions.tsv"))
     assert [s.study_date for s in sessions] == [dt.date(2020, 3, 18), None, dt.date(2020, 3, 25)]
     assert sessions[0].medical_evaluation == "Rx torax AP.\nInfiltrados."
     assert sessions[1].medical_evaluation is None and derepr_text("['a', 'b']") == "a\nb"
@@ -95,7 +96,7 @@ def test_tests_both_namings() -> None:
     newer = b"label\tsubject\tdate\ttest\tresult\tparticipant\t\n1\t1\t17.03.2020\tPCR\tPOSITIVO\tsub-S1\t\n"
     older = b"Subject\tfecha\tprueba\tresultado\tparticipant\n1\t17.03.2020\tPCR\tPOSITIVO\tsub-S1\n"
     for data in (newer, older):
-        (test,) = parse_tests(data, "sil.tsv")
+        (test,) = list(parse_tests(data, "sil.tsv"))
         assert (test.participant, test.date, test.test, test.result) == (
             "sub-S1",
             dt.date(2020, 3, 17),
@@ -108,7 +109,7 @@ def test_tests_both_namings() -> None:
 
 def test_partitions_irregular_header() -> None:
     data = b"subject session filepath\nsub-S1\tses-E1\t./sub-S1/ses-E1/mod-rx/x_cr.png\n"
-    assert parse_partitions(data, "partitions.tsv") == ["sub-S1/ses-E1/mod-rx/x_cr.png"]
+    assert list(parse_partitions(data, "partitions.tsv")) == ["sub-S1/ses-E1/mod-rx/x_cr.png"]
 
 
 # --- DICOM JSON ----------------------------------------------------------------------------------
