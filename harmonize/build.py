@@ -30,6 +30,7 @@ import csv
 import ctypes
 import ctypes.util
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -250,14 +251,20 @@ class _Timer:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library (loaded once: finding it can start a subprocess), or None where it cannot be found."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except (OSError, TypeError):
+        return None
+
+
 def _give_back_freed_memory() -> None:
     """Return the C heap's free pages to the OS (glibc `malloc_trim`; elsewhere nothing), so each step
     starts from what is live, not from the high-water mark of the steps before: freed discovery
     indexes and key tables otherwise stay resident (at 110k records, 394 -> 214 MB after pass 1)."""
-    try:
-        trim = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
-    except (OSError, TypeError):
-        return
+    trim = getattr(_libc(), "malloc_trim", None)
     if trim is not None:
         trim(0)
 
@@ -692,10 +699,8 @@ _AT_FDCWD = -100
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2 with RENAME_EXCHANGE); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError, TypeError):
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
         return False
     return bool(renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0)
 
