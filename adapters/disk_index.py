@@ -2,8 +2,9 @@
 
 A `DiskIndex` is one SQLite file of named tables; a `DiskTable` maps str keys to JSON values and
 iterates in insertion order, like a dict (`multi=True`: a key may hold many values, in insertion
-order). Discovery writes it once; units only read it, in any process: a pickled index carries its
-path, and each process opens its own read-only connection. The file is scratch: no journal, no fsync.
+order). The process that made it writes it (discovery, merging unit results); units only read it,
+in any process: a pickled index carries its path, and each process opens its own read-only
+connection. The file is scratch: no journal, no fsync.
 
 Keys and values keep undecodable file names (surrogate escapes): keys are stored as surrogateescape
 UTF-8 bytes and values as ASCII JSON.

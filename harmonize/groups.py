@@ -34,7 +34,7 @@ _PARALLEL_ROWS = 50_000  # from this many hashes on, bands are searched in paral
 
 @dataclass(frozen=True)
 class RecordKeys:
-    """What grouping needs of one record (cheap to keep in memory for millions of records)."""
+    """What grouping needs of one record, for callers that hold records (`key_table` makes the columns)."""
 
     record_id: str
     source: str
