@@ -153,12 +153,9 @@ class _ConfigRows:
     shards: Mapping[str, Sequence[str]] | None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for split, paths in config_shards(self.build_dir, self.config, self.shards).items():
-            for path in paths:
-                parquet = pq.ParquetFile(path)
-                for group in range(parquet.metadata.num_row_groups):
-                    for row in parquet.read_row_group(group, columns=list(self.columns)).to_pylist():
-                        yield {**row, "split": split}
+        for split, table in _row_groups(self.build_dir, self.config, self.columns, self.shards):
+            for row in table.to_pylist():
+                yield {**row, "split": split}
 
     def __len__(self) -> int:
         paths = config_shards(self.build_dir, self.config, self.shards).values()
@@ -167,13 +164,13 @@ class _ConfigRows:
 
 def _row_groups(
     build_dir: Path, config: str, columns: Sequence[str], shards: Mapping[str, Sequence[str]] | None
-) -> Iterator[pa.Table]:
-    """The `columns` of `config`, one row group at a time (split then shard order)."""
-    for paths in config_shards(build_dir, config, shards).values():
+) -> Iterator[tuple[str, pa.Table]]:
+    """(split, the `columns` of one row group) of `config`, in split then shard order."""
+    for split, paths in config_shards(build_dir, config, shards).items():
         for path in paths:
             parquet = pq.ParquetFile(path)
             for group in range(parquet.metadata.num_row_groups):
-                yield parquet.read_row_group(group, columns=list(columns))
+                yield split, parquet.read_row_group(group, columns=list(columns))
 
 
 def _read_shard(path: Path, columns: Sequence[str], wanted: pa.Array | None) -> list[pa.Table]:
@@ -701,7 +698,7 @@ def render_card_figures(
     out = build_dir / "images" if out_dir is None else out_dir
     plot_rows = _ConfigRows(build_dir, config, PLOT_COLUMNS, shards)
     keys = _row_groups(build_dir, config, ("record_id", "source", "masks"), shards)
-    chosen = choose_sample((row for table in keys for row in _sample_candidates(table)), samples)
+    chosen = choose_sample((row for _, table in keys for row in _sample_candidates(table)), samples)
     picked = _rows(read_config(build_dir, config, SHEET_COLUMNS, record_ids=chosen, shards=shards), SHEET_COLUMNS)
     by_id = {r["record_id"]: r for r in picked if r["image"] is not None}
     ordered = [by_id[rid] for rid in chosen if rid in by_id]
