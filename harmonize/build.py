@@ -74,7 +74,7 @@ from covid_cxr_unified.harmonize.engine import (
 )
 from covid_cxr_unified.harmonize.errors import BuildError
 from covid_cxr_unified.harmonize.features import FEATURES, canonical_json
-from covid_cxr_unified.harmonize.groups import KEY_COLUMNS, NEAR_DUPLICATE_BITS, Grouping, group_records
+from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, Grouping, KeyColumns, group_records
 from covid_cxr_unified.harmonize.guards import GuardReport, verify_splits
 from covid_cxr_unified.harmonize.license_policy import LicensePolicy
 from covid_cxr_unified.harmonize.report import write_report
@@ -264,6 +264,7 @@ def _give_back_freed_memory() -> None:
     """Return the C heap's free pages to the OS (glibc `malloc_trim`; elsewhere nothing), so each step
     starts from what is live, not from the high-water mark of the steps before: freed discovery
     indexes and key tables otherwise stay resident (at 110k records, 394 -> 214 MB after pass 1)."""
+    pa.default_memory_pool().release_unused()  # Arrow's own allocator keeps freed pages for a while
     trim = getattr(_libc(), "malloc_trim", None)
     if trim is not None:
         trim(0)
@@ -290,12 +291,13 @@ def _build_in(
     if not any(s.rows for s in spooled):
         raise BuildError(f"nothing to build: no source gave a record ({_accounting([s.report for s in spooled])})")
     with timer.step("pass 2: groups and splits"):
-        keys = _read_keys(spooled)
+        keys = _SpoolColumns([spool for s in spooled for spool in s.spools])
         grouping = group_records(keys, id_map, options.near_duplicate_bits)
         split = _assign_splits(grouping, options)
-        _write_manifest(staging / "splits" / "groups.jsonl", keys.column("record_id"), grouping, split)
-        plan = _plan(spooled, keys, split)
-        del keys
+        record_ids = keys.column("record_id")
+        _write_manifest(staging / "splits" / "groups.jsonl", record_ids, grouping, split)
+        plan = _plan(spooled, keys, record_ids, split)
+        del record_ids
     checkpoint("before-route")
     with timer.step("pass 3: route shards"):
         configs = _write_configs(spooled, plan, staging, options)
@@ -444,10 +446,16 @@ def _spool_batches(spools: list[Path]) -> Iterator[tuple[int, pa.Table]]:
 # --- pass 2: groups and splits ---------------------------------------------------------------------
 
 
-def _read_keys(spooled: list[_Spooled]) -> pa.Table:
-    """The grouping columns of every spooled record, source by source in unit order (no image bytes)."""
-    tables = [pq.read_table(spool, columns=list(KEY_COLUMNS)) for s in spooled for spool in s.spools]
-    return pa.concat_tables(tables)
+@dataclass(frozen=True)
+class _SpoolColumns:
+    """Columns of every spooled record, source by source in unit order, read from the spools when
+    asked for: a step holds only the columns it works on."""
+
+    spools: list[Path]
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        columns = [pq.ParquetFile(spool).read(columns=[name]).column(name) for spool in self.spools]
+        return pa.chunked_array([chunk for column in columns for chunk in column.chunks], type=columns[0].type)
 
 
 def _assign_splits(grouping: Grouping, options: BuildOptions) -> np.ndarray:
@@ -484,27 +492,26 @@ def _write_manifest(path: Path, record_ids: pa.ChunkedArray, grouping: Grouping,
                 handle.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def _plan(spooled: list[_Spooled], keys: pa.Table, split: np.ndarray) -> _Plan:
+def _plan(spooled: list[_Spooled], keys: KeyColumns, record_ids: pa.ChunkedArray, split: np.ndarray) -> _Plan:
     ends = np.cumsum([s.rows for s in spooled]).tolist()
     splits = {s.source: split[end - s.rows : end] for s, end in zip(spooled, ends, strict=True)}
-    merges = _merge_plan(keys)
+    merges = _merge_plan(keys.column("links"), record_ids)
     folded = {r for rs in merges.values() for r in rs}
-    touched = pc.is_in(keys.column("record_id"), value_set=pa.array([*merges, *folded], pa.string()))
+    touched = pc.is_in(record_ids, value_set=pa.array([*merges, *folded], pa.string()))
     involved = set(pc.unique(keys.column("source").filter(touched)).to_pylist())
     return _Plan(splits, merges, involved)
 
 
-def _merge_plan(keys: pa.Table) -> dict[str, list[str]]:
+def _merge_plan(links: pa.ChunkedArray, record_ids: pa.ChunkedArray) -> dict[str, list[str]]:
     """primary record -> the records of other sources that show the same image and fold into it: a
     record's `same_image` link targets present in the build, the smallest of which is its primary,
     unless that one itself links on (no chains)."""
-    links = keys.column("links").combine_chunks()
-    flat = pc.list_flatten(links)
+    combined = links.combine_chunks()
+    flat = pc.list_flatten(combined)
     if not pa.types.is_struct(flat.type):
         return {}
     same = pc.fill_null(pc.equal(flat.field("relation"), "same_image"), False)
-    record_ids = keys.column("record_id")
-    linking = record_ids.take(pc.list_parent_indices(links).filter(same))
+    linking = record_ids.take(pc.list_parent_indices(combined).filter(same))
     targets = flat.field("record_id").filter(same)
     found = record_ids.filter(pc.is_in(record_ids, value_set=pc.unique(targets)))  # hashes the targets only
     present = pc.fill_null(pc.is_in(targets, value_set=found.combine_chunks()), False)

@@ -20,13 +20,14 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from covid_cxr_unified.harmonize.columns import encode, hash_words, hex_words, strings
+from covid_cxr_unified.harmonize.columns import hash_words, hashed_codes, hex_words, strings
 
 NEAR_DUPLICATE_BITS = 14
 _PARALLEL_ROWS = 50_000  # from this many hashes on, bands are searched in parallel threads
@@ -275,6 +276,14 @@ def _run_starts(*ordered: np.ndarray) -> np.ndarray:
 
 
 KEY_COLUMNS = ("record_id", "source", "patient_id", "links", "image_sha256", "image_pixel_sha256", "image_phash")
+
+
+@runtime_checkable
+class KeyColumns(Protocol):
+    """Where grouping reads `KEY_COLUMNS`, one at a time: a `pa.Table`, or the build's spools."""
+
+    def column(self, name: str) -> pa.ChunkedArray: ...
+
 _LINKS = pa.list_(pa.struct([("record_id", pa.string()), ("patient_id", pa.string()), ("relation", pa.string())]))
 
 
@@ -298,16 +307,16 @@ def key_table(keys: Iterable[RecordKeys]) -> pa.Table:
 
 
 def group_records(
-    keys: pa.Table | Iterable[RecordKeys],
+    keys: KeyColumns | Iterable[RecordKeys],
     id_map: Iterable[tuple[str, str]] = (),
     near_bits: int | None = NEAR_DUPLICATE_BITS,
 ) -> Grouping:
     """Connected components of patients; `near_bits=None` turns near-duplicate search off. `keys` holds
     `KEY_COLUMNS` of every record; the work is on integer codes of its columns."""
-    table = keys if isinstance(keys, pa.Table) else key_table(keys)
+    table = keys if isinstance(keys, KeyColumns) else key_table(keys)
     pairs = list(id_map)
     id_a, id_b = (pa.array([pair[side] for pair in pairs], pa.string()) for side in (0, 1))
-    link_rows, linked = _linked_patients(table.column("links"))
+    link_rows, linked = patient_links(table.column("links"))
     record_patients = strings([table.column("patient_id")])
     everything = pa.chunked_array([*record_patients.chunks, linked, id_a, id_b], type=record_patients.type)
     patients = pc.unique(everything.drop_null()).sort()
@@ -329,12 +338,12 @@ def group_records(
     merges: Counter[str] = Counter()
     for kind, (a, b) in edges.items():  # in this order: each merge is counted under the first kind that made it
         before = np.count_nonzero(root == np.arange(len(root)))
-        root = _join(root, a, b)
+        root = join_components(root, a, b)
         merges[kind] = int(before - np.count_nonzero(root == np.arange(len(root))))
     return Grouping(patients=patients, root=root, record_patient=record_patient, merges=+merges)
 
 
-def _linked_patients(links: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+def patient_links(links: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """(record row, linked patient id) of every link that names a patient."""
     rows, named, start = [np.empty(0, dtype=np.int64)], [pa.array([], pa.string())], 0
     for chunk in links.chunks:
@@ -350,14 +359,14 @@ def _linked_patients(links: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
 
 def _same_value_edges(column: pa.ChunkedArray, record_patient: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Patient pairs of consecutive records with the same (present) value."""
-    codes, _ = encode(strings([column]))
+    codes, _ = hashed_codes([column])
     rows = np.flatnonzero(codes >= 0)
     ordered = rows[np.argsort(codes[rows], kind="stable")]
     same = codes[ordered[1:]] == codes[ordered[:-1]]
     return record_patient[ordered[:-1][same]], record_patient[ordered[1:][same]]
 
 
-def _near_duplicate_edges(table: pa.Table, record_patient: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+def _near_duplicate_edges(table: KeyColumns, record_patient: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Patient pairs of records whose perceptual hashes differ in at most `bits` bits."""
     column = strings([table.column("image_phash")])
     parsed = hex_words(column)
@@ -373,7 +382,7 @@ def _near_duplicate_edges(table: pa.Table, record_patient: np.ndarray, bits: int
     return record_patient[rows[pairs // max(1, len(rows))]], record_patient[rows[pairs % max(1, len(rows))]]
 
 
-def _join(root: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def join_components(root: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Components after adding edges a-b: per node, the smallest node of its component (`root` holds
     that for the edges so far). Roots hook onto smaller roots, then paths are halved until flat."""
     root = root.copy()
