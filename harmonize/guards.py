@@ -7,25 +7,26 @@ shortcut traps (a class that comes from a single source; pediatric-only negative
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from covid_cxr_unified.harmonize.columns import encode, fixed_width, hex_words, strings, take_rows
+from covid_cxr_unified.harmonize.columns import encode, hashed_codes, hex_words, string_hashes, strings, take_rows
 from covid_cxr_unified.harmonize.errors import HarmonizeError
 from covid_cxr_unified.harmonize.features import LABEL_STATE_NAMES
 from covid_cxr_unified.harmonize.groups import (
     NEAR_DUPLICATE_BITS,
-    UnionFind,
+    join_components,
     near_duplicate_pairs,
     near_duplicate_rows,
+    patient_links,
 )
 
 GUARD_COLUMNS = (
@@ -90,8 +91,7 @@ class GuardReport:
 
 def verify_splits(target: Path | Mapping[str, Any], near_bits: int | None = NEAR_DUPLICATE_BITS) -> GuardReport:
     """Check a build folder, a DatasetDict or a {split: Dataset} mapping (columnar: ~1 s per million rows)."""
-    tables = _folder_tables(target) if isinstance(target, Path) else _dataset_tables(target)
-    rows = _Rows.of(tables)
+    rows = _Rows.of(_folder_parts(target) if isinstance(target, Path) else _dataset_parts(target))
     report = GuardReport(records=rows.records)
     report.leaks += rows.leaks("record", ["record_id"], _spread(rows.record, rows.split))
     report.leaks += rows.leaks("patient", ["patient_id"], _spread(rows.codes("patient_id"), rows.split))
@@ -104,51 +104,64 @@ def verify_splits(target: Path | Mapping[str, Any], near_bits: int | None = NEAR
     return report
 
 
-def _folder_tables(folder: Path) -> list[tuple[str, pa.Table]]:
+@dataclass(frozen=True)
+class _Part:
+    """One table the guard checks (a shard, or a split of a loaded dataset): its split, and a reader of
+    some of its columns. Columns are read when a check needs them, not all at once."""
+
+    split: str
+    rows: int
+    read: Callable[[list[str]], pa.Table]
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        return self.read([name]).column(name)
+
+
+def _folder_parts(folder: Path) -> list[_Part]:
     shards = sorted((folder / "data").glob("*/*.parquet"))
     if not shards:
         raise HarmonizeError(f"{folder} holds no data/<config>/<split>-*.parquet shards; is it a covid-cxr build?")
-    tables = []
+    parts = []
     for shard in shards:
         match = _SHARD.match(shard.name)
         if match is None:
             raise HarmonizeError(f"unexpected shard name {shard.relative_to(folder)}")
-        tables.append((match["split"], _select(pq.read_table(shard, columns=list(GUARD_COLUMNS)), shard.name)))
-    return tables
+        parquet = pq.ParquetFile(shard)
+        _require_columns(parquet.schema_arrow.names, shard.name)
+        parts.append(_Part(match["split"], parquet.metadata.num_rows, functools.partial(_read_shard, shard)))
+    return parts
 
 
-def _dataset_tables(splits: Mapping[str, Any]) -> list[tuple[str, pa.Table]]:
-    tables = []
+def _read_shard(shard: Path, columns: list[str]) -> pa.Table:
+    return pq.ParquetFile(shard).read(columns=columns)  # much less memory than pq.read_table
+
+
+def _dataset_parts(splits: Mapping[str, Any]) -> list[_Part]:
+    parts = []
     for split, dataset in splits.items():
-        missing = [c for c in GUARD_COLUMNS if c not in dataset.column_names]
-        if missing:
-            raise HarmonizeError(f"split {split!r} lacks column(s) {', '.join(missing)} needed by the guard")
+        _require_columns(dataset.column_names, f"split {split!r}")
         table = dataset.select_columns(list(GUARD_COLUMNS)).with_format("arrow")[:]
-        tables.append((split, _select(table, split)))
-    return tables
+        parts.append(_Part(split, table.num_rows, table.select))
+    return parts
 
 
-def _select(table: pa.Table, where: str) -> pa.Table:
-    missing = [c for c in GUARD_COLUMNS if c not in table.column_names]
+def _require_columns(present: list[str], where: str) -> None:
+    missing = [c for c in GUARD_COLUMNS if c not in present]
     if missing:
         raise HarmonizeError(f"{where} lacks column(s) {', '.join(missing)} needed by the guard")
-    return table.select(list(GUARD_COLUMNS))
-
-
-_STRING_COLUMNS = ("record_id", "source", "patient_id", "image_sha256", "image_pixel_sha256", "image_phash")
 
 
 @dataclass
 class _Rows:
-    """The guard columns of every table end to end, and the rows of them that count (`keep`): one per
-    (record, split), the first seen — the per-source and `all` configs hold the same records.
+    """The rows of every part end to end, and the rows of them that count (`keep`): one per (record,
+    split), the first seen — the per-source and `all` configs hold the same records.
 
-    Strings stay in Arrow; the checks work on integer codes of the kept rows (`split`; `record`,
-    `source`: -1 when missing) and only the rows of a leak become Python strings.
+    A check reads the columns it needs (`column`) and drops them when done. Strings stay in Arrow; the
+    checks work on integer codes of the kept rows (`split`; `record`, `source`: -1 when missing) and
+    only the rows of a leak become Python strings.
     """
 
-    columns: dict[str, pa.ChunkedArray]
-    links: list[pa.ChunkedArray]  # per table: tables may type an all-empty links column differently
+    parts: list[_Part]
     split_names: list[Any]
     keep: np.ndarray
     split: np.ndarray
@@ -160,28 +173,33 @@ class _Rows:
     age: np.ndarray
 
     @classmethod
-    def of(cls, tables: list[tuple[str, pa.Table]]) -> _Rows:
+    def of(cls, parts: list[_Part]) -> _Rows:
         split_names: list[Any] = []
         split_codes = [np.empty(0, dtype=np.int64)]
-        for name, table in tables:
-            if name not in split_names:
-                split_names.append(name)
-            split_codes.append(np.full(table.num_rows, split_names.index(name), dtype=np.int64))
+        for part in parts:
+            if part.split not in split_names:
+                split_names.append(part.split)
+            split_codes.append(np.full(part.rows, split_names.index(part.split), dtype=np.int64))
         split = np.concatenate(split_codes)
-        columns = {name: strings([table.column(name) for _, table in tables]) for name in _STRING_COLUMNS}
-        record, record_names = encode(columns["record_id"])
-        records = len(record_names)
+        firsts: list[pa.Table] = []  # the small columns of each part, read with its record ids
+
+        def record_ids() -> Iterator[pa.ChunkedArray]:
+            for part in parts:
+                table = part.read(["record_id", "source", "covid19", "age_years"])
+                firsts.append(table.drop_columns(["record_id"]))
+                yield table.column("record_id")
+
+        record, records = hashed_codes(record_ids())
         missing = np.where(record < 0, records, record)  # a missing id is one more value, as for pandas
         if len(missing) and np.bincount(missing).max() > 1:  # the same record twice (in other configs)
             keep = _first_of_each(missing * max(1, len(split_names)) + split)
         else:
             keep = np.arange(len(split))
-        source, source_names = encode(columns["source"])
-        covid19 = [_numbers(table.column("covid19"), pa.int64(), -1) for _, table in tables]
-        age = [_numbers(table.column("age_years"), pa.float64(), None) for _, table in tables]
+        source, source_names = encode(strings([table.column("source") for table in firsts]))
+        covid19 = [_numbers(table.column("covid19"), pa.int64(), -1) for table in firsts]
+        age = [_numbers(table.column("age_years"), pa.float64(), None) for table in firsts]
         return cls(
-            columns=columns,
-            links=[table.column("links") for _, table in tables],
+            parts=parts,
             split_names=split_names,
             keep=keep,
             split=split[keep],
@@ -197,27 +215,28 @@ class _Rows:
     def n(self) -> int:
         return len(self.keep)
 
+    def column(self, name: str) -> pa.ChunkedArray:
+        """A string column of every part end to end."""
+        return strings([part.column(name) for part in self.parts])
+
     def codes(self, column: str) -> np.ndarray:
         """Integer code per kept row of a string column (-1: missing)."""
-        codes: np.ndarray = encode(self.columns[column])[0][self.keep]
+        codes: np.ndarray = hashed_codes(part.column(column) for part in self.parts)[0][self.keep]
         return codes
 
-    def linked(self) -> tuple[np.ndarray, list[Any]]:
-        """Kept rows that carry links, and their links (Python values)."""
-        lengths = [pc.list_value_length(links).fill_null(0).to_numpy(zero_copy_only=False) for links in self.links]
-        starts = np.cumsum([0, *(len(x) for x in lengths)])
-        where = np.flatnonzero(np.concatenate([np.empty(0, dtype=np.int64), *lengths])[self.keep] > 0)
-        values: list[Any] = []
-        full = self.keep[where]
-        for links, start, stop in zip(self.links, starts[:-1], starts[1:], strict=True):
-            mine = full[(full >= start) & (full < stop)] - start
-            if len(mine):
-                values += links.take(pa.array(mine, type=pa.int64())).to_pylist()
-        return where, values
+    def patient_links(self) -> tuple[np.ndarray, pa.ChunkedArray]:
+        """(row, linked patient id) of every link that names a patient (rows of every part end to end)."""
+        rows, named, start = [np.empty(0, dtype=np.int64)], [pa.array([], pa.string())], 0
+        for part in self.parts:  # parts may type an all-empty links column differently
+            found, patients = patient_links(part.column("links"))
+            rows.append(found + start)
+            named.append(patients)
+            start += part.rows
+        return np.concatenate(rows), pa.chunked_array(named, type=pa.string())
 
     def values(self, column: str, rows: np.ndarray) -> list[Any]:
         """Python values of a column at kept rows `rows`."""
-        values: list[Any] = self.columns[column].take(pa.array(self.keep[rows], type=pa.int64())).to_pylist()
+        values: list[Any] = self.column(column).take(pa.array(self.keep[rows], type=pa.int64())).to_pylist()
         return values
 
     def leaks(self, kind: str, columns: list[str], entries: np.ndarray, min_patients: int = 1) -> list[Leak]:
@@ -318,74 +337,60 @@ def _spread_hashed(hashes: np.ndarray, valid: np.ndarray, splits: np.ndarray) ->
     return entries
 
 
-def _fingerprints(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(64-bit hash, valid mask) of each value when every chunk holds values of one length."""
-    hashes, valids = [np.empty(0, dtype=np.uint64)], [np.empty(0, dtype=bool)]
-    for chunk in column.chunks:
-        fixed = fixed_width(chunk)
-        if fixed is None:
-            return None
-        valid, values = fixed
-        padded = values
-        if values.shape[1] % 8 or not values.shape[1]:
-            padded = np.zeros((len(values), -(-values.shape[1] // 8) * 8), dtype=np.uint8)
-            padded[:, : values.shape[1]] = values
-        words = padded.view(np.uint64)
-        mixed = np.full(len(values), values.shape[1], dtype=np.uint64)
-        for index in range(words.shape[1]):
-            mixed ^= words[:, index]
-            mixed *= np.uint64(0x9E3779B97F4A7C15)
-            mixed ^= mixed >> np.uint64(29)
-        full = np.zeros(len(chunk), dtype=np.uint64)
-        full[valid] = mixed
-        hashes.append(full)
-        valids.append(valid)
-    return np.concatenate(hashes), np.concatenate(valids)
-
-
 def _leak(kind: str, key: str, splits: Iterable[str], records: Iterable[str]) -> Leak:
     return Leak(kind=kind, key=key, splits=tuple(sorted(set(splits))), records=tuple(sorted(set(records))))
 
 
 def _linked_group_leaks(rows: _Rows) -> list[Leak]:
-    """Patients linked across sources (through the links records carry) must share a split."""
-    linked, links = rows.linked()
-    if not len(linked):
+    """Patients linked across sources (through the links records carry) must share a split. Patients
+    are integer codes, groups the connected components of the links of the rows that count."""
+    patients = rows.column("patient_id")
+    link_row, linked = rows.patient_links()
+    codes, count = hashed_codes([patients, linked])
+    record_code, link_code = codes[: len(patients)], codes[len(patients) :]
+    counts = np.zeros(len(patients), dtype=bool)
+    counts[rows.keep] = True
+    mine = counts[link_row] & (record_code[link_row] >= 0)  # a row without a patient links nothing
+    a, b = record_code[link_row[mine]], link_code[mine]
+    if not len(a):
         return []
-    uf = UnionFind()
-    for patient, values in zip(rows.values("patient_id", linked), links, strict=True):
-        for other in (lk["patient_id"] for lk in values if lk["patient_id"]):
-            uf.union(patient, other)
-    members = list(uf.items())
-    in_group = pc.is_in(rows.columns["patient_id"], value_set=pa.array(members, type=pa.string()))
-    if any(member is None for member in members):  # as before: a record without patient but with links
-        in_group = pc.or_kleene(in_group, pc.is_null(rows.columns["patient_id"]))
-    where = np.flatnonzero(in_group.fill_null(False).to_numpy(zero_copy_only=False)[rows.keep])
-    keys = [uf.find(p) for p in rows.values("patient_id", where)]
+    root = join_components(np.arange(count), a, b)
+    member = np.zeros(count, dtype=bool)
+    member[a] = member[b] = True
+    kept = record_code[rows.keep]
+    in_group = np.flatnonzero((kept >= 0) & member[np.maximum(kept, 0)])
+    where = in_group[_spread(root[kept[in_group]], rows.split[in_group])]  # groups in more than one split
+    if not len(where):
+        return []
+    # a group is named by its smallest patient id, of its rows or of the links into it
+    named = np.zeros(count, dtype=bool)
+    named[root[kept[where]]] = True
+    names: dict[int, str] = {}
+    for code_of, values in ((record_code, patients), (link_code, linked)):
+        chosen = np.flatnonzero((code_of >= 0) & member[np.maximum(code_of, 0)])
+        chosen = chosen[named[root[code_of[chosen]]]]
+        for code, value in zip(root[code_of[chosen]].tolist(), values.take(pa.array(chosen)).to_pylist(), strict=True):
+            names[code] = min(names.get(code, value), value)
+    keys = [names[code] for code in root[kept[where]].tolist()]
     return rows.grouped_leaks("linked patient group", keys, where, min_patients=2)
 
 
 def _picture_leaks(rows: _Rows) -> list[Leak]:
     """Identical file bytes or decoded pixels in more than one split (both hashes are one kind of key)."""
     columns = ["image_sha256", "image_pixel_sha256"]
-    splits = np.tile(rows.split, 2)
-    hashed = [_fingerprints(rows.columns[name]) for name in columns]
-    if all(h is not None for h in hashed):  # fixed-width hex digests: hashed and sorted, not dictionary-encoded
-        hashes = np.concatenate([h[0][rows.keep] for h in hashed if h is not None])
-        valid = np.concatenate([h[1][rows.keep] for h in hashed if h is not None])
-        entries = _spread_hashed(hashes, valid, splits)
-    else:
-        both = pa.chunked_array([c for name in columns for c in rows.columns[name].chunks])
-        codes, _ = encode(both)
-        total = len(rows.columns[columns[0]])
-        entries = _spread(np.concatenate([codes[:total][rows.keep], codes[total:][rows.keep]]), splits)
+    hashed = [string_hashes(rows.column(name)) for name in columns]
+    hashes = np.concatenate([h[0][rows.keep, 0] for h in hashed])  # one hash: matches are confirmed by value
+    valid = np.concatenate([h[1][rows.keep] for h in hashed])
+    entries = _spread_hashed(hashes, valid, np.tile(rows.split, 2))
     return rows.leaks("identical picture", columns, entries)
 
 
 def _near_duplicate_leaks(rows: _Rows, bits: int) -> list[Leak]:
     """Pairs of records in different splits whose perceptual hashes differ in at most `bits` bits."""
     last = _last_of_each(np.where(rows.record < 0, rows.records, rows.record))  # a record's last row stands for it
-    column = rows.columns["image_phash"]
+    column = rows.column("image_phash")
+    if column.null_count == len(column):  # no pictures (a metadata-only build)
+        return []
     parsed = hex_words(column)  # all rows at once (no copy of the strings) ...
     if parsed is None:  # ... or the rows that count
         column = column.take(pa.array(rows.keep[last], type=pa.int64()))
