@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from covid_cxr_unified.harmonize.columns import hash_words, hashed_codes, hex_words, strings
 
 NEAR_DUPLICATE_BITS = 14
-_PARALLEL_ROWS = 50_000  # from this many hashes on, bands are searched in parallel threads
+_PARALLEL_ROWS = 500_000  # from this many hashes on, bands are searched in parallel threads (a workspace each)
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class _Workspace:
 class _BandSearch:
     """Close pairs among rows that share one band of bits (see `near_duplicate_rows`)."""
 
-    _PAIRS_PER_BATCH = 1 << 18
+    _PAIRS_PER_BATCH = 1 << 16  # 1 << 18: slower (larger temporaries) and 15 MB more at 140k hashes
 
     def __init__(self, words: np.ndarray, bits: int, label: np.ndarray | None) -> None:
         n = len(words)
