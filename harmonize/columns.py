@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -109,11 +109,7 @@ def string_hashes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
                     digest = hashlib.blake2b(data[offsets[row] : offsets[row + 1]].tobytes(), digest_size=16).digest()
                     hashed[row] = np.frombuffer(digest, dtype=np.uint64)
                 continue
-            step = max(1, _GATHER_BYTES // max(1, length))
-            for start in range(0, len(rows), step):
-                batch = rows[start : start + step]
-                matrix = np.zeros((len(batch), -(-length // 8) * 8 or 8), dtype=np.uint8)
-                matrix[:, :length] = data[offsets[batch, None] + np.arange(length)]
+            for batch, matrix in _byte_matrices(offsets, data, rows, length):
                 for seed, (multiplier, shift) in enumerate(_HASH_SEEDS):
                     mixed = np.full(len(batch), length + seed, dtype=np.uint64)
                     for word in matrix.view(np.uint64).T:
@@ -124,6 +120,23 @@ def string_hashes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         hashes.append(hashed)
         valids.append(valid)
     return np.concatenate(hashes), np.concatenate(valids)
+
+
+def _byte_matrices(
+    offsets: np.ndarray, data: np.ndarray, rows: np.ndarray, length: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows, their bytes as a matrix, rows zero-padded to a multiple of 8 bytes) in batches; strings of
+    a multiple of 8 bytes that lie end to end (e.g. a column of hex digests) are one view, not copied."""
+    first = int(offsets[rows[0]])
+    if length and length % 8 == 0 and np.array_equal(offsets[rows], first + length * np.arange(len(rows))):
+        yield rows, data[first : first + length * len(rows)].reshape(-1, length)
+        return
+    step = max(1, _GATHER_BYTES // max(1, length))
+    for start in range(0, len(rows), step):
+        batch = rows[start : start + step]
+        matrix = np.zeros((len(batch), -(-length // 8) * 8 or 8), dtype=np.uint8)
+        matrix[:, :length] = data[offsets[batch, None] + np.arange(length)]
+        yield batch, matrix
 
 
 def _string_buffers(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

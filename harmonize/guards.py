@@ -378,9 +378,16 @@ def _linked_group_leaks(rows: _Rows) -> list[Leak]:
 def _picture_leaks(rows: _Rows) -> list[Leak]:
     """Identical file bytes or decoded pixels in more than one split (both hashes are one kind of key)."""
     columns = ["image_sha256", "image_pixel_sha256"]
-    hashed = [string_hashes(rows.column(name)) for name in columns]
-    hashes = np.concatenate([h[0][rows.keep, 0] for h in hashed])  # one hash: matches are confirmed by value
-    valid = np.concatenate([h[1][rows.keep] for h in hashed])
+    hashed: dict[str, list[np.ndarray]] = {name: [np.empty(0, dtype=np.uint64)] for name in columns}
+    present: dict[str, list[np.ndarray]] = {name: [np.empty(0, dtype=bool)] for name in columns}
+    for part in rows.parts:  # both columns of a part at once (read in parallel), then hashed and dropped
+        table = part.read(columns)
+        for name in columns:
+            values, valid_values = string_hashes(table.column(name))
+            hashed[name].append(values[:, 0])  # one hash: matches are confirmed by value
+            present[name].append(valid_values)
+    hashes = np.concatenate([np.concatenate(hashed[name])[rows.keep] for name in columns])
+    valid = np.concatenate([np.concatenate(present[name])[rows.keep] for name in columns])
     entries = _spread_hashed(hashes, valid, np.tile(rows.split, 2))
     return rows.leaks("identical picture", columns, entries)
 
