@@ -94,8 +94,9 @@ def verify_splits(target: Path | Mapping[str, Any], near_bits: int | None = NEAR
     rows = _Rows.of(_folder_parts(target) if isinstance(target, Path) else _dataset_parts(target))
     report = GuardReport(records=rows.records)
     report.leaks += rows.leaks("record", ["record_id"], _spread(rows.record, rows.split))
-    report.leaks += rows.leaks("patient", ["patient_id"], _spread(rows.codes("patient_id"), rows.split))
-    report.leaks += _linked_group_leaks(rows)
+    patients = _Patients.of(rows)
+    report.leaks += rows.leaks("patient", ["patient_id"], _spread(patients.record[rows.keep], rows.split))
+    report.leaks += _linked_group_leaks(rows, patients)
     report.leaks += _picture_leaks(rows)
     if near_bits is not None:
         report.leaks += _near_duplicate_leaks(rows, near_bits)
@@ -219,11 +220,6 @@ class _Rows:
         """A string column of every part end to end."""
         return strings([part.column(name) for part in self.parts])
 
-    def codes(self, column: str) -> np.ndarray:
-        """Integer code per kept row of a string column (-1: missing)."""
-        codes: np.ndarray = hashed_codes(part.column(column) for part in self.parts)[0][self.keep]
-        return codes
-
     def patient_links(self) -> tuple[np.ndarray, pa.ChunkedArray]:
         """(row, linked patient id) of every link that names a patient (rows of every part end to end)."""
         rows, named, start = [np.empty(0, dtype=np.int64)], [pa.array([], pa.string())], 0
@@ -341,32 +337,60 @@ def _leak(kind: str, key: str, splits: Iterable[str], records: Iterable[str]) ->
     return Leak(kind=kind, key=key, splits=tuple(sorted(set(splits))), records=tuple(sorted(set(records))))
 
 
-def _linked_group_leaks(rows: _Rows) -> list[Leak]:
-    """Patients linked across sources (through the links records carry) must share a split. Patients
-    are integer codes, groups the connected components of the links of the rows that count."""
-    patients = rows.column("patient_id")
-    link_row, linked = rows.patient_links()
-    codes, count = hashed_codes([patients, linked])
-    record_code, link_code = codes[: len(patients)], codes[len(patients) :]
-    counts = np.zeros(len(patients), dtype=bool)
+@dataclass
+class _Patients:
+    """Integer codes, in one numbering, of the patient of every row (-1: none) and of the patient
+    each link names (`link_row`: the row of the link)."""
+
+    record: np.ndarray
+    link_row: np.ndarray
+    link: np.ndarray
+    count: int
+
+    @classmethod
+    def of(cls, rows: _Rows) -> _Patients:
+        sizes: list[int] = []
+        link_rows, start = [np.empty(0, dtype=np.int64)], 0
+
+        def columns() -> Iterator[pa.ChunkedArray]:  # per part: its patients, then the patients its links name
+            nonlocal start
+            for part in rows.parts:
+                table = part.read(["patient_id", "links"])
+                found, named = patient_links(table.column("links"))
+                link_rows.append(found + start)
+                start += part.rows
+                sizes.extend([table.num_rows, len(named)])
+                yield table.column("patient_id")
+                yield pa.chunked_array([named], type=pa.string())
+
+        codes, count = hashed_codes(columns())
+        is_link = np.repeat(np.resize([False, True], len(sizes)), sizes)
+        return cls(record=codes[~is_link], link_row=np.concatenate(link_rows), link=codes[is_link], count=count)
+
+
+def _linked_group_leaks(rows: _Rows, patients: _Patients) -> list[Leak]:
+    """Patients linked across sources (through the links records carry) must share a split. Groups are
+    the connected components of the patient codes joined by the links of the rows that count."""
+    counts = np.zeros(len(patients.record), dtype=bool)
     counts[rows.keep] = True
-    mine = counts[link_row] & (record_code[link_row] >= 0)  # a row without a patient links nothing
-    a, b = record_code[link_row[mine]], link_code[mine]
+    link_row = patients.link_row
+    mine = counts[link_row] & (patients.record[link_row] >= 0)  # a row without a patient links nothing
+    a, b = patients.record[link_row[mine]], patients.link[mine]
     if not len(a):
         return []
-    root = join_components(np.arange(count), a, b)
-    member = np.zeros(count, dtype=bool)
+    root = join_components(np.arange(patients.count), a, b)
+    member = np.zeros(patients.count, dtype=bool)
     member[a] = member[b] = True
-    kept = record_code[rows.keep]
+    kept = patients.record[rows.keep]
     in_group = np.flatnonzero((kept >= 0) & member[np.maximum(kept, 0)])
     where = in_group[_spread(root[kept[in_group]], rows.split[in_group])]  # groups in more than one split
     if not len(where):
         return []
     # a group is named by its smallest patient id, of its rows or of the links into it
-    named = np.zeros(count, dtype=bool)
+    named = np.zeros(patients.count, dtype=bool)
     named[root[kept[where]]] = True
     names: dict[int, str] = {}
-    for code_of, values in ((record_code, patients), (link_code, linked)):
+    for code_of, values in ((patients.record, rows.column("patient_id")), (patients.link, rows.patient_links()[1])):
         chosen = np.flatnonzero((code_of >= 0) & member[np.maximum(code_of, 0)])
         chosen = chosen[named[root[code_of[chosen]]]]
         for code, value in zip(root[code_of[chosen]].tolist(), values.take(pa.array(chosen)).to_pylist(), strict=True):

@@ -102,6 +102,39 @@ def test_shortcut_warnings_name_the_source() -> None:
     assert any("negatives are all pediatric" in w for w in report.warnings)
 
 
+def test_linked_group_leaks_are_named_by_their_smallest_patient_and_need_two_patients() -> None:
+    from datasets import Dataset
+
+    def link(patient: str) -> list[dict[str, str | None]]:
+        return [{"record_id": None, "patient_id": patient, "relation": "same_patient"}]
+
+    def rows(records: list[tuple[str, str, list[dict[str, str | None]]]]) -> Dataset:
+        n = len(records)
+        return Dataset.from_dict(
+            {
+                "record_id": [r[0] for r in records],
+                "source": [r[0].split(":")[0] for r in records],
+                "patient_id": [r[1] for r in records],
+                "links": [r[2] for r in records],
+                "image_sha256": [None] * n,
+                "image_pixel_sha256": [None] * n,
+                "image_phash": [None] * n,
+                "covid19": [0] * n,
+                "age_years": [50.0] * n,
+            }
+        )
+
+    # b:p2 and c:p3 both link to 0:x, a patient that has no row: one group of three patients, named 0:x
+    train = rows([("b:1", "b:p2", link("0:x")), ("d:1", "d:p9", [])])
+    test = rows([("c:1", "c:p3", link("0:x")), ("e:1", "e:p8", link("d:p9")), ("f:1", "f:p7", link(""))])
+    report = verify_splits({"train": train, "test": test})
+    linked = [leak for leak in report.leaks if leak.kind == "linked patient group"]
+    assert [(leak.key, leak.splits, leak.records) for leak in linked] == [
+        ("0:x", ("test", "train"), ("b:1@train", "c:1@test")),
+        ("d:p9", ("test", "train"), ("d:1@train", "e:1@test")),
+    ]
+
+
 def _write_configs(folder: Path, splits_by_config: dict[str, dict[str, str]]) -> None:
     """Shards of the same four records in several configs, each record in the split given per config."""
     import pyarrow as pa
