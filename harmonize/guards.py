@@ -419,28 +419,20 @@ def _picture_leaks(rows: _Rows) -> list[Leak]:
 def _near_duplicate_leaks(rows: _Rows, bits: int) -> list[Leak]:
     """Pairs of records in different splits whose perceptual hashes differ in at most `bits` bits."""
     last = _last_of_each(np.where(rows.record < 0, rows.records, rows.record))  # a record's last row stands for it
-    column = rows.column("image_phash")
-    if column.null_count == len(column):  # no pictures (a metadata-only build)
-        return []
-    parsed = hex_words(column)  # all rows at once (no copy of the strings) ...
-    if parsed is None:  # ... or the rows that count
-        column = column.take(pa.array(rows.keep[last], type=pa.int64()))
-        parsed = hex_words(column)
+    parsed = _phash_words(rows, rows.keep[last])
+    if parsed is None:  # not all of one even length, or not plain hex: as the build does it
+        column = rows.column("image_phash").take(pa.array(rows.keep[last], type=pa.int64()))
         last = last[column.is_valid().to_numpy(zero_copy_only=False)]
-        words = parsed[0] if parsed is not None else None
-    else:
-        valid = parsed[1]
-        last = last[valid[rows.keep[last]]]
-        words = parsed[0]
-        if len(last) != len(words):  # not every hashed row counts: gather those that do
-            words = take_rows(words, (np.cumsum(valid) - 1)[rows.keep[last]])
-    if parsed is None or words is None:  # not all of one even length, or not plain hex: as the build does it
         record_ids, splits = rows.values("record_id", last), [rows.split_names[s] for s in rows.split[last]]
         split_of = dict(zip(record_ids, splits, strict=True))
         hashes = zip(record_ids, column.drop_null().to_pylist(), strict=True)
         pairs = near_duplicate_pairs(hashes, bits, labels=splits)
     else:
-        found = near_duplicate_rows(words, parsed[2], bits, rows.split[last])
+        words, valid, length = parsed
+        last = last[valid]
+        found = near_duplicate_rows(words, length, bits, rows.split[last])
+        if not len(found):
+            return []
         first, second = found // max(1, len(last)), found % max(1, len(last))
         where = np.unique(np.concatenate([first, second]))
         ids = dict(zip(where.tolist(), rows.values("record_id", last[where]), strict=True))
@@ -451,6 +443,33 @@ def _near_duplicate_leaks(rows: _Rows, bits: int) -> list[Leak]:
         _leak("near-duplicate picture", f"{a}~{b}", (split_of[a], split_of[b]), (f"{a}@{split_of[a]}", f"{b}@{split_of[b]}"))  # noqa: E501
         for a, b in pairs
     ]
+
+
+def _phash_words(rows: _Rows, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(64-bit words of the perceptual hashes that rows `wanted` have, which of them have one, bit
+    length), read a part at a time; None unless the hashes are all plain hex of one even length.
+    `wanted`: positions among the rows of every part end to end, ascending."""
+    words, valid, lengths, start = [np.empty((0, 0), dtype=np.uint64)], [np.empty(0, dtype=bool)], set(), 0
+    for part in rows.parts:
+        mine = wanted[(wanted >= start) & (wanted < start + part.rows)] - start
+        start += part.rows
+        column = part.column("image_phash") if len(mine) else None
+        if column is None or column.null_count == len(column):
+            valid.append(np.zeros(len(mine), dtype=bool))
+            continue
+        parsed = hex_words(column)
+        if parsed is None:
+            return None
+        part_words, part_valid, length = parsed
+        lengths.add(length)
+        has = part_valid[mine]
+        valid.append(has)
+        words.append(take_rows(part_words, (np.cumsum(part_valid) - 1)[mine[has]]))
+    if len(lengths) > 1:
+        return None
+    length = lengths.pop() if lengths else 0
+    width = max(1, -(-length // 64))  # 64-bit words per hash
+    return np.concatenate([w.reshape(-1, width) for w in words]), np.concatenate(valid), length
 
 
 def _label_by_source(rows: _Rows) -> dict[str, dict[str, dict[str, int]]]:
