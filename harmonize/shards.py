@@ -28,6 +28,9 @@ ROW_GROUP_IMAGE_BYTES = 16 * 1024 * 1024
 # Image bytes are PNG/JPEG, already compressed: stored as they are, without dictionary or statistics
 # (zstd, dictionaries and min/max over megabyte blobs cost CPU and gain nothing).
 _STORED_AS_IS = frozenset({"image.bytes"})
+# Nor min/max statistics of JSON and mask run lengths: no reader filters on them, and a row group's min
+# and max of the source rows alone cost ~4 KB of footer, which the writer holds until the shard closes.
+_NO_STATISTICS = frozenset({"raw", "provenance", "merged_from", "masks.list.element.counts"})
 
 
 @functools.cache
@@ -47,7 +50,7 @@ def writer_options(spool: bool = False) -> dict[str, Any]:
     return {
         "compression": {c: "zstd" if c in columns else "none" for c in _leaf_columns()},
         "use_dictionary": columns,
-        "write_statistics": columns,
+        "write_statistics": [c for c in columns if c not in _NO_STATISTICS],
     }
 
 

@@ -70,3 +70,17 @@ def test_tables_are_cut_exactly_where_single_rows_would_be(tmp_path: Path) -> No
     assert writer.rows == len(rows)
     assert [p.name for p in from_tables] == [p.name for p in one_by_one]
     assert [p.read_bytes() for p in from_tables] == [p.read_bytes() for p in one_by_one]
+
+
+def test_footers_keep_statistics_of_filterable_columns_only(tmp_path: Path) -> None:
+    rows = [{**row, "raw": '{"a": 1}', "provenance": "{}", "license_id": "CC-BY-4.0"} for row in _rows(3, lambda i: 5)]
+    (path,) = _write_rows(tmp_path, rows)
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    with_statistics = {
+        group.column(i).path_in_schema
+        for i in range(group.num_columns)
+        if group.column(i).statistics is not None and group.column(i).statistics.has_min_max
+    }
+    assert {"record_id", "source", "license_id"} <= with_statistics
+    assert not with_statistics & {"raw", "provenance", "image.bytes"}
+    assert set(shards._leaf_columns()) >= shards._NO_STATISTICS  # every name is a real column
