@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import ctypes
-import ctypes.util
 import fcntl
-import functools
 import hashlib
 import json
 import os
@@ -59,6 +56,7 @@ from covid_cxr_unified.adapters.limits import (
     DEFAULT_MAX_JSON_BYTES,
 )
 from covid_cxr_unified.harmonize.card import ATTRIBUTION_HEADER, attribution_lines, render_card, render_license_file
+from covid_cxr_unified.harmonize.clib import give_back_freed_memory, libc
 from covid_cxr_unified.harmonize.croissant import write_croissant
 from covid_cxr_unified.harmonize.engine import (
     Engine,
@@ -243,31 +241,12 @@ class _Timer:
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
-        _give_back_freed_memory()
+        give_back_freed_memory()  # each step starts from what is live, not from the peaks before
         started = time.perf_counter()
         try:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """The C library (loaded once: finding it can start a subprocess), or None where it cannot be found."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    except (OSError, TypeError):
-        return None
-
-
-def _give_back_freed_memory() -> None:
-    """Return the C heap's free pages to the OS (glibc `malloc_trim`; elsewhere nothing), so each step
-    starts from what is live, not from the high-water mark of the steps before: freed discovery
-    indexes and key tables otherwise stay resident (at 110k records, 394 -> 214 MB after pass 1)."""
-    pa.default_memory_pool().release_unused()  # Arrow's own allocator keeps freed pages for a while
-    trim = getattr(_libc(), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def _accounting(reports: Sequence[AdapterReport]) -> str:
@@ -293,6 +272,7 @@ def _build_in(
     with timer.step("pass 2: groups and splits"):
         keys = _SpoolColumns([spool for s in spooled for spool in s.spools])
         grouping = group_records(keys, id_map, options.near_duplicate_bits)
+        give_back_freed_memory()
         split = _assign_splits(grouping, options)
         record_ids = keys.column("record_id")
         _write_manifest(staging / "splits" / "groups.jsonl", record_ids, grouping, split)
@@ -556,6 +536,7 @@ def _write_source_config(spooled: _Spooled, split: np.ndarray, staging: Path, op
             _route(table, split[start : start + table.num_rows], writers)
             bar.update(table.num_rows)
     counts, sizes, shards = _close(writers, staging)
+    give_back_freed_memory()  # before the next config
     return ConfigResult(name, counts, sizes, shards, spooled.licenses, spooled.report)
 
 
@@ -706,7 +687,7 @@ _AT_FDCWD = -100
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2 with RENAME_EXCHANGE); False where unsupported."""
-    renameat2 = getattr(_libc(), "renameat2", None)
+    renameat2 = getattr(libc(), "renameat2", None)
     if renameat2 is None:
         return False
     return bool(renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0)

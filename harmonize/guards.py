@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from covid_cxr_unified.harmonize.clib import give_back_freed_memory
 from covid_cxr_unified.harmonize.columns import encode, hashed_codes, hex_words, string_hashes, strings, take_rows
 from covid_cxr_unified.harmonize.errors import HarmonizeError
 from covid_cxr_unified.harmonize.features import LABEL_STATE_NAMES
@@ -94,10 +95,14 @@ def verify_splits(target: Path | Mapping[str, Any], near_bits: int | None = NEAR
     rows = _Rows.of(_folder_parts(target) if isinstance(target, Path) else _dataset_parts(target))
     report = GuardReport(records=rows.records)
     report.leaks += rows.leaks("record", ["record_id"], _spread(rows.record, rows.split))
+    give_back_freed_memory()  # each check reads its own columns: the next one starts from what is live
     patients = _Patients.of(rows)
     report.leaks += rows.leaks("patient", ["patient_id"], _spread(patients.record[rows.keep], rows.split))
     report.leaks += _linked_group_leaks(rows, patients)
+    del patients
+    give_back_freed_memory()
     report.leaks += _picture_leaks(rows)
+    give_back_freed_memory()
     if near_bits is not None:
         report.leaks += _near_duplicate_leaks(rows, near_bits)
     report.label_by_source = _label_by_source(rows)
