@@ -46,27 +46,6 @@ class RecordKeys:
     phash: str | None = None
 
 
-class UnionFind:
-    def __init__(self) -> None:
-        self._parent: dict[str, str] = {}
-
-    def find(self, item: str) -> str:
-        parent = self._parent.setdefault(item, item)
-        if parent != item:
-            parent = self._parent[item] = self.find(parent)
-        return parent
-
-    def union(self, a: str, b: str) -> bool:
-        root_a, root_b = self.find(a), self.find(b)
-        if root_a == root_b:
-            return False
-        self._parent[max(root_a, root_b)] = min(root_a, root_b)
-        return True
-
-    def items(self) -> Iterable[str]:
-        return self._parent.keys()
-
-
 @dataclass
 class Grouping:
     """Patients (every patient id of the records, their links and the id map, sorted) and, per patient,
