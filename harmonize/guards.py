@@ -225,15 +225,14 @@ class _Rows:
         """A string column of every part end to end."""
         return strings([part.column(name) for part in self.parts])
 
-    def patient_links(self) -> tuple[np.ndarray, pa.ChunkedArray]:
-        """(row, linked patient id) of every link that names a patient (rows of every part end to end)."""
-        rows, named, start = [np.empty(0, dtype=np.int64)], [pa.array([], pa.string())], 0
+    def patient_links(self) -> Iterator[tuple[np.ndarray, pa.Array]]:
+        """Per part: (row, linked patient id) of every link of it that names a patient (rows of every
+        part end to end)."""
+        start = 0
         for part in self.parts:  # parts may type an all-empty links column differently
             found, patients = patient_links(part.column("links"))
-            rows.append(found + start)
-            named.append(patients)
+            yield found + start, patients
             start += part.rows
-        return np.concatenate(rows), pa.chunked_array(named, type=pa.string())
 
     def values(self, column: str, rows: np.ndarray) -> list[Any]:
         """Python values of a column at kept rows `rows`."""
@@ -355,17 +354,13 @@ class _Patients:
     @classmethod
     def of(cls, rows: _Rows) -> _Patients:
         sizes: list[int] = []
-        link_rows, start = [np.empty(0, dtype=np.int64)], 0
+        link_rows = [np.empty(0, dtype=np.int64)]
 
         def columns() -> Iterator[pa.ChunkedArray]:  # per part: its patients, then the patients its links name
-            nonlocal start
-            for part in rows.parts:
-                table = part.read(["patient_id", "links"])
-                found, named = patient_links(table.column("links"))
-                link_rows.append(found + start)
-                start += part.rows
-                sizes.extend([table.num_rows, len(named)])
-                yield table.column("patient_id")
+            for part, (found, named) in zip(rows.parts, rows.patient_links(), strict=True):
+                link_rows.append(found)
+                sizes.extend([part.rows, len(named)])
+                yield part.column("patient_id")
                 yield pa.chunked_array([named], type=pa.string())
 
         codes, count = hashed_codes(columns())
@@ -395,7 +390,8 @@ def _linked_group_leaks(rows: _Rows, patients: _Patients) -> list[Leak]:
     named = np.zeros(patients.count, dtype=bool)
     named[root[kept[where]]] = True
     names: dict[int, str] = {}
-    for code_of, values in ((patients.record, rows.column("patient_id")), (patients.link, rows.patient_links()[1])):
+    linked = pa.chunked_array([named for _, named in rows.patient_links()], type=pa.string())
+    for code_of, values in ((patients.record, rows.column("patient_id")), (patients.link, linked)):
         chosen = np.flatnonzero((code_of >= 0) & member[np.maximum(code_of, 0)])
         chosen = chosen[named[root[code_of[chosen]]]]
         for code, value in zip(root[code_of[chosen]].tolist(), values.take(pa.array(chosen)).to_pylist(), strict=True):
