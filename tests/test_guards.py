@@ -108,7 +108,7 @@ def test_linked_group_leaks_are_named_by_their_smallest_patient_and_need_two_pat
     def link(patient: str) -> list[dict[str, str | None]]:
         return [{"record_id": None, "patient_id": patient, "relation": "same_patient"}]
 
-    def rows(records: list[tuple[str, str, list[dict[str, str | None]]]]) -> Dataset:
+    def rows(records: list[tuple[str, str | None, list[dict[str, str | None]]]]) -> Dataset:
         n = len(records)
         return Dataset.from_dict(
             {
@@ -133,6 +133,9 @@ def test_linked_group_leaks_are_named_by_their_smallest_patient_and_need_two_pat
         ("0:x", ("test", "train"), ("b:1@train", "c:1@test")),
         ("d:p9", ("test", "train"), ("d:1@train", "e:1@test")),
     ]
+    # a record without a patient links nothing (the union-find of strings failed on it)
+    report = verify_splits({"train": rows([("g:1", None, link("h:p1"))]), "test": rows([("h:1", "h:p1", [])])})
+    assert report.records == 2 and not [leak for leak in report.leaks if leak.kind == "linked patient group"]
 
 
 def _write_configs(folder: Path, splits_by_config: dict[str, dict[str, str]]) -> None:
