@@ -66,7 +66,6 @@ from covid_cxr_unified.harmonize.engine import (
     UnitStats,
     checkpoint,
     code_version,
-    map_ordered,
     run_jobs,
     unit_resume_key,
 )
@@ -75,6 +74,7 @@ from covid_cxr_unified.harmonize.features import FEATURES, canonical_json
 from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, Grouping, KeyColumns, group_records
 from covid_cxr_unified.harmonize.guards import GuardReport, verify_splits
 from covid_cxr_unified.harmonize.license_policy import LicensePolicy
+from covid_cxr_unified.harmonize.processes import map_ordered
 from covid_cxr_unified.harmonize.report import write_report
 from covid_cxr_unified.harmonize.shards import DEFAULT_SHARD_BYTES, ShardWriter
 from covid_cxr_unified.harmonize.splits import DEFAULT_SPLIT_KEY, SPLITS, SplitRatios, assign_split

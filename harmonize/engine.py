@@ -318,16 +318,6 @@ def _run_dask(
             cluster.close()
 
 
-def map_ordered(calls: Sequence[tuple[Any, ...]], num_proc: int) -> list[Any]:
-    """`[fn(*args) for fn, *args in calls]`, in up to `num_proc` forked processes; results in call order."""
-    if num_proc <= 1 or len(calls) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return [fn(*args) for fn, *args in calls]
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(min(num_proc, len(calls)), mp_context=context) as pool:
-        futures = [pool.submit(fn, *args) for fn, *args in calls]
-        return [future.result() for future in futures]
-
-
 # --- keys and fingerprints -------------------------------------------------------------------------------
 
 
