@@ -39,14 +39,19 @@ def _dump(value: Any) -> str:
 
 class DiskIndex:
     """One SQLite file in a private folder made inside `folder` (default: the system's temporary
-    folder), removed when the index that made it is garbage-collected or at exit."""
+    folder), removed when the index that made it is garbage-collected or at exit.
 
-    def __init__(self, folder: Path | None = None, name: str = "index") -> None:
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f"covid-cxr-{name}-", dir=folder))
-        weakref.finalize(self, shutil.rmtree, scratch, True)
-        self.path = scratch / f"{name}.sqlite"
+    `at`: the index in that file instead, writable here and never removed by this object: for a worker
+    process filling a file in a folder that its parent owns (e.g. `index.path.parent`)."""
+
+    def __init__(self, folder: Path | None = None, name: str = "index", *, at: Path | None = None) -> None:
+        if at is None:
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=f"covid-cxr-{name}-", dir=folder))
+            weakref.finalize(self, shutil.rmtree, scratch, True)
+            at = scratch / f"{name}.sqlite"
+        self.path = at
         self._writable = True
         self._connection: sqlite3.Connection | None = None
         self._pid = -1

@@ -73,3 +73,12 @@ def test_the_index_file_goes_with_its_index(tmp_path: Path) -> None:
     del index
     gc.collect()
     assert not path.exists() and not path.parent.exists()
+
+
+def test_an_index_at_a_given_file_is_writable_and_stays(tmp_path: Path) -> None:
+    at = tmp_path / "part.sqlite"
+    index = DiskIndex(at=at)
+    index.table("members", multi=True).update([("a", 1), ("a", 2)])
+    del index
+    gc.collect()
+    assert at.is_file() and DiskIndex(at=at).table("members", multi=True).get("a") == [1, 2]
