@@ -296,9 +296,13 @@ class Adapter(ABC):
         max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS,
         related: Mapping[Source, Path] | None = None,
         workdir: Path | None = None,
+        num_proc: int = 1,
+        progress: bool = False,
     ) -> None:
         self.root = root
         self.workdir = workdir  # where discovery indexes go (`DiskIndex`); None: the system's temp folder
+        self.num_proc = num_proc  # processes that discovery may use (BIMCV: archives scanned at once)
+        self.progress = progress  # progress bars in discovery
         self.related = dict(related or {})  # other sources of the same build, e.g. for linkage
         self.images = images
         self.metadata_only = metadata_only

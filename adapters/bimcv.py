@@ -24,10 +24,12 @@ import posixpath
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from pydantic import JsonValue
+from tqdm import tqdm
 
 from covid_cxr_unified.adapters import aim_roi, dicom_json
 from covid_cxr_unified.adapters.base import (
@@ -81,6 +83,7 @@ from covid_cxr_unified.adapters.tar_reader import (
     verify_sha1,
 )
 from covid_cxr_unified.harmonize.errors import SourceFormatError, SourceNotFoundError
+from covid_cxr_unified.harmonize.processes import imap_ordered
 from covid_cxr_unified.schema.licenses import license_record
 from covid_cxr_unified.schema.record import (
     MAX_AGE_YEARS,
@@ -172,11 +175,12 @@ class _Image(NamedTuple):
 
 
 class _Index:
-    """The tables of one discovery, in one `DiskIndex` (MIDS path: `sub-X/ses-Y/mod-rx/<file>`)."""
+    """The tables of one discovery, in one `DiskIndex` (MIDS path: `sub-X/ses-Y/mod-rx/<file>`). A scan
+    of one archive fills `found`, `stored`, `pieces` and `unread` of an index of its own."""
 
-    def __init__(self, folder: Path | None) -> None:
-        self.index = DiskIndex(folder, name="bimcv")
-        table = self.index.table
+    def __init__(self, index: DiskIndex) -> None:
+        self.index = index
+        table = index.table
         # file name (or member name) -> its archive (None in a folder), in name order; set by discovery
         self.files = table("tree")
         self.found = table("found")  # archive mode: member name -> archive, in archive order
@@ -258,6 +262,88 @@ def _in_key_order(index: DiskIndex, table: DiskTable) -> Iterator[tuple[str, Any
         runs.append(index.table(f"{table.name}_run{number}"))
         runs[-1].update(sorted(run, key=_key))
     return heapq.merge(*(run.items() for run in runs), key=_key)
+
+
+# --- archives: each is verified and indexed on its own (in any process), then merged in order ---
+
+
+@dataclass(frozen=True)
+class _ArchiveScan:
+    """One archive, verified, with its members indexed in the index file `at`."""
+
+    archive: str
+    sha1: str
+    members: int
+    listing: bool | None  # whether its verified `*.tar-tvf.txt` names exactly its members; None: it has none
+    at: Path
+
+
+def _scan_archive(archive: Path, sums: dict[str, str], max_members: int, max_json_bytes: int, at: Path) -> _ArchiveScan:
+    verify_sha1(archive, sums)
+    part = _Index(DiskIndex(at=at))
+    members = _index_members(archive, part, max_members, max_json_bytes)
+    listing = part.index.table("listing")
+    if not _read_listing(archive, sums, listing):
+        return _ArchiveScan(archive.name, sums[archive.name], members, None, at)
+    matches = len(listing) == members and all(path in part.found for path in listing)  # its members are distinct
+    return _ArchiveScan(archive.name, sums[archive.name], members, matches, at)
+
+
+def _index_members(archive: Path, part: _Index, max_members: int, max_json_bytes: int) -> int:
+    """Index the members of one archive, storing the bytes of those that are not images; how many.
+    A member of one piece (a sidecar, say) is stored whole in `stored`: read with one look-up."""
+    count = 0
+    json_limit = functools.partial(_json_limit, max_json_bytes)
+    members_of = iter_archive_pieces(archive, lambda n: not _is_image(n), max_members, json_limit, CHUNK_BYTES)
+    with (
+        _Batched(part.found) as found,
+        _Batched(part.stored, BATCH_BYTES) as stored,
+        _Batched(part.pieces, BATCH_BYTES) as pieces,
+        _Batched(part.unread) as unread,
+    ):
+        for name, member, offset, piece in members_of:
+            if piece is not None and offset > 0:  # a further piece of a large member
+                pieces.add(f"{offset // CHUNK_BYTES}:{name}", piece.decode("latin-1"), len(piece))
+                continue
+            if name in found:
+                raise _in_two_archives(name, archive.name, archive.name)
+            found.add(name, archive.name)
+            count += 1
+            if piece is None:
+                if not _is_image(name):
+                    unread.add(name, member.size)
+            elif member.size <= CHUNK_BYTES:
+                stored.add(name, [member.size, piece.decode("latin-1")], len(piece) + 1)
+            else:
+                stored.add(name, [member.size, None])
+                pieces.add(f"0:{name}", piece.decode("latin-1"), len(piece))
+    return count
+
+
+def _in_two_archives(name: str, first: str, second: str) -> SourceFormatError:
+    return SourceFormatError(f"bimcv: {name} is in both {first} and {second}; pass the parts of one release only")
+
+
+def _json_limit(max_json_bytes: int, name: str) -> int | None:
+    return max_json_bytes if name.endswith(".json") else None
+
+
+def _read_listing(archive: Path, sums: dict[str, str], listing: DiskTable) -> bool:
+    """Put the file paths of the archive's verified `*.tar-tvf.txt` listing in `listing`; False when
+    there is none."""
+    stem = archive.name.removesuffix(".tgz") if archive.name.endswith(".tgz") else archive.name
+    path = archive.with_name(f"{stem}.tar-tvf.txt")
+    if not path.is_file():
+        return False
+    verify_sha1(path, sums)
+    with _Batched(listing) as paths, path.open(encoding="utf-8", newline="") as lines:
+        try:
+            for line in (piece for text in lines for piece in text.splitlines()):  # as str.splitlines()
+                if line.startswith("-"):
+                    paths.add("/".join(p for p in line.split()[-1].split("/") if p not in ("", ".")), True)
+        except UnicodeDecodeError as exc:
+            raise SourceFormatError(f"bimcv: {path.name} is not UTF-8 text") from exc
+    return True
 
 
 def _key(pair: tuple[str, Any]) -> str:
@@ -348,7 +434,7 @@ class BimcvAdapter(Adapter):
                 f"bimcv: {self.root} is a file; pass the folder holding the release (or its .tar.gz parts "
                 f"and {SHA1SUMS})"
             )
-        self._discovered = ix = _Index(self.workdir)
+        self._discovered = ix = _Index(DiskIndex(self.workdir, name="bimcv"))
         self._recent.clear()
         if not self._index_tree():
             self._archives = sorted(p for p in self.root.iterdir() if is_archive(p))
@@ -371,6 +457,8 @@ class BimcvAdapter(Adapter):
         return participants
 
     def _index_archives(self) -> None:
+        """Verify and index every archive, up to `num_proc` at a time (each a full gunzip); merged in
+        archive order."""
         sums_path = self.root / SHA1SUMS
         if not sums_path.is_file():
             raise SourceNotFoundError(
@@ -378,77 +466,46 @@ class BimcvAdapter(Adapter):
                 "can be verified"
             )
         sums = read_sha1sums(sums_path)
+        folder = self.ix.index.path.parent
+        calls = [
+            (_scan_archive, archive, sums, self.max_archive_members, self.max_json_bytes, folder / f"archive{n}.sqlite")
+            for n, archive in enumerate(self._archives)
+        ]
         differing: list[JsonValue] = []
-        for number, archive in enumerate(self._archives):
-            verify_sha1(archive, sums)
-            self._verified[archive.name] = sums[archive.name]
-            members = self._index_members(archive)
-            listing = self.ix.index.table(f"listing{number}")
-            if self._read_listing(archive, sums, listing) and not self._listing_matches(listing, archive, members):
-                differing.append(archive.name)
+        total = sum(archive.stat().st_size for archive in self._archives)
+        desc = "bimcv: verify and index archives"
+        with tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not self.progress) as bar:
+            for archive, scan in zip(self._archives, imap_ordered(calls, self.num_proc), strict=True):
+                self._absorb(scan)
+                if scan.listing is False:
+                    differing.append(scan.archive)
+                bar.update(archive.stat().st_size)
         self.report.notes["archives"] = {"archives": len(self._archives), "listing_differs": differing}
 
-    def _index_members(self, archive: Path) -> int:
-        """Index the members of one archive, storing the bytes of those that are not images; how many.
-        A member of one piece (a sidecar, say) is stored whole in `stored`: read with one look-up."""
-        ix, count = self.ix, 0
-        members_of = iter_archive_pieces(
-            archive, lambda n: not _is_image(n), self.max_archive_members, self._json_limit, CHUNK_BYTES
-        )
+    def _absorb(self, scan: _ArchiveScan) -> None:
+        """Add one archive's scan to the index; a member name that an earlier archive holds is an error."""
+        ix, part = self.ix, _Index(DiskIndex(at=scan.at))
         with (
             _Batched(ix.found) as found,
             _Batched(ix.stored, BATCH_BYTES) as stored,
             _Batched(ix.pieces, BATCH_BYTES) as pieces,
             _Batched(ix.unread) as unread,
         ):
-            for name, member, offset, piece in members_of:
-                if piece is not None and offset > 0:  # a further piece of a large member
-                    pieces.add(f"{offset // CHUNK_BYTES}:{name}", piece.decode("latin-1"), len(piece))
-                    continue
+            for name, archive in part.found.items():
                 if name in found:
-                    raise SourceFormatError(
-                        f"bimcv: {name} is in both {found.get(name)} and {archive.name}; pass the parts of one "
-                        "release only"
-                    )
-                found.add(name, archive.name)
-                count += 1
-                if piece is None:
-                    if not _is_image(name):
-                        unread.add(name, member.size)
-                elif member.size <= CHUNK_BYTES:
-                    stored.add(name, [member.size, piece.decode("latin-1")], len(piece) + 1)
-                else:
-                    stored.add(name, [member.size, None])
-                    pieces.add(f"0:{name}", piece.decode("latin-1"), len(piece))
-        return count
-
-    def _read_listing(self, archive: Path, sums: dict[str, str], listing: DiskTable) -> bool:
-        """Put the file paths of the archive's verified `*.tar-tvf.txt` listing in `listing`; False when
-        there is none."""
-        stem = archive.name.removesuffix(".tgz") if archive.name.endswith(".tgz") else archive.name
-        path = archive.with_name(f"{stem}.tar-tvf.txt")
-        if not path.is_file():
-            return False
-        verify_sha1(path, sums)
-        with _Batched(listing) as paths, path.open(encoding="utf-8", newline="") as lines:
-            try:
-                for line in (piece for text in lines for piece in text.splitlines()):  # as str.splitlines()
-                    if line.startswith("-"):
-                        paths.add("/".join(p for p in line.split()[-1].split("/") if p not in ("", ".")), True)
-            except UnicodeDecodeError as exc:
-                raise SourceFormatError(f"bimcv: {path.name} is not UTF-8 text") from exc
-        return True
-
-    def _listing_matches(self, listing: DiskTable, archive: Path, members: int) -> bool:
-        """Whether the listing names exactly the archive's members (they are distinct)."""
-        found = self.ix.found
-        return len(listing) == members and all(found.get(path) == archive.name for path in listing)
+                    raise _in_two_archives(name, found.get(name), archive)
+                found.add(name, archive)
+            for name, value in part.stored.items():
+                stored.add(name, value, 1 + len(value[1] or ""))
+            for key, piece in part.pieces.items():
+                pieces.add(key, piece, len(piece))
+            for name, size in part.unread.items():
+                unread.add(name, size)
+        self._verified[scan.archive] = scan.sha1
+        scan.at.unlink()
 
     def _image_limit(self, name: str) -> int | None:
         return max_image_bytes(self.max_image_pixels)
-
-    def _json_limit(self, name: str) -> int | None:
-        return self.max_json_bytes if name.endswith(".json") else None
 
     def _json_bytes(self, name: str) -> bytes | int:
         """A JSON file's bytes, or its size when it is over `max_json_bytes` (then left unread)."""

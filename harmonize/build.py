@@ -173,6 +173,8 @@ def make_adapter(
         max_archive_members=options.max_archive_members,
         related=related,
         workdir=workdir,
+        num_proc=options.num_proc,
+        progress=options.progress,
     )
 
 

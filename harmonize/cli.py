@@ -85,7 +85,9 @@ def build(
     max_image_pixels: MaxPixels = None,
     max_json_bytes: MaxJson = None,
     max_archive_members: MaxMembers = None,
-    num_proc: Annotated[int, typer.Option("--num-proc", min=1, help="worker processes (the output is the same)")] = 1,
+    num_proc: Annotated[
+        int, typer.Option("--num-proc", min=1, help="worker processes: units, BIMCV archive scans (same output)")
+    ] = 1,
     engine: Annotated[
         str, typer.Option("--engine", help="local (this machine, --num-proc processes) or dask")
     ] = "local",

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 from covid_cxr_unified.adapters import bimcv
 from covid_cxr_unified.adapters.bimcv import BimcvAdapter, _Image
 from covid_cxr_unified.adapters.bimcv_vocab import LABELS
+from covid_cxr_unified.adapters.disk_index import DiskTable
 from covid_cxr_unified.adapters.tar_reader import ChecksumMismatchError, UnsafeMemberError
 from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
 from covid_cxr_unified.harmonize.cli import app
@@ -407,6 +409,55 @@ def test_unsafe_tar_members_are_refused(tmp_path: Path, name: str, kind: bytes, 
     with pytest.raises(UnsafeMemberError, match=message):
         BimcvAdapter(root).discover()
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("num_proc", [1, 3])
+def test_archives_scanned_at_once_give_the_same_index_records_and_notes(
+    releases: dict[tuple[str, bool], Path], num_proc: int
+) -> None:
+    root = releases[("iter12", True)]
+    one, records, images = _run(root)
+    many, many_records, many_images = _run(root, num_proc=num_proc)
+    tables = [name for name, value in vars(one.ix).items() if isinstance(value, DiskTable)]
+    assert len(tables) > 20 and len(list(one.ix.found)) > 9
+    for name in tables:
+        assert list(getattr(many.ix, name).items()) == list(getattr(one.ix, name).items()), name
+    assert many_records == records and many_images == images
+    assert many.report.notes["archives"] == one.report.notes["archives"]
+    assert not list(many.ix.index.path.parent.glob("archive*.sqlite"))  # each scan's file is merged, then removed
+
+
+@pytest.mark.parametrize("num_proc", [1, 3])
+def test_a_member_in_two_archives_names_both(tmp_path: Path, num_proc: int) -> None:
+    root = write_bimcv(tmp_path / "rel", archives=True).root
+    info = tarfile.TarInfo("covid19_posi/participants.tsv")
+    info.type = tarfile.REGTYPE
+    _add_member(root / "covid19_posi_subjects_partab.tar.gz", info, b"participant\tage\tgender\n")
+    _rewrite_sums(root)
+    both = r"covid19_posi/participants\.tsv is in both covid19_posi_subjects\.tar\.gz and covid19_posi_subjects_partab"
+    with pytest.raises(SourceFormatError, match=both):
+        BimcvAdapter(root, num_proc=num_proc).discover()
+
+
+@pytest.mark.parametrize("num_proc", [1, 3])
+def test_of_two_broken_archives_the_first_in_order_is_reported(tmp_path: Path, num_proc: int) -> None:
+    root = write_bimcv(tmp_path / "rel", archives=True).root
+    for name in ("covid19_posi_subjects_partaa.tar.gz", "covid19_posi_subjects_partab.tar.gz"):
+        data = bytearray((root / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (root / name).write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatchError, match=r"^covid19_posi_subjects_partaa\.tar\.gz: sha1"):
+        BimcvAdapter(root, num_proc=num_proc).discover()
+
+
+def test_archive_scanning_shows_progress(
+    releases: dict[tuple[str, bool], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    BimcvAdapter(releases[("iter1", True)], progress=True).discover()
+    done = r"bimcv: verify and index archives: 100%\|.*\| (?P<n>[\d.]+k)/(?P=n) \[.*[kMG]?B/s\]"
+    assert re.search(done, capsys.readouterr().err)
+    BimcvAdapter(releases[("iter1", True)]).discover()
+    assert "verify and index" not in capsys.readouterr().err
 
 
 def test_archive_missing_from_sha1sums_and_missing_sha1sums(tmp_path: Path) -> None:
