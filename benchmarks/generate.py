@@ -1,6 +1,6 @@
 """Large synthetic sources for the benchmarks: ieee8023, V7 (COCO zip) and BIMCV (tree and/or archives).
 
-    python benchmarks/generate.py OUT --records 10000 --side 1024 [--archives] [--metadata-only]
+    python benchmarks/generate.py OUT --records 10000 --side 1024 [--archives [--images-per-part N]] [--metadata-only]
 
 `--records` counts image records: 30 % ieee8023 (8-bit PNG and JPEG), 70 % BIMCV (16-bit PNG holding 12
 or 14 bits, as the real CR/DX files), and V7 annotates a third of the ieee8023 images (lung polygons).
@@ -55,7 +55,8 @@ def picture(seed: int, width: int, height: int, top: int) -> np.ndarray:
     )
     noise = np.random.default_rng(seed + 1).normal(0.0, 0.002, size=big.shape)
     scaled = (big - big.min()) / (np.ptp(big) or 1.0) * 0.9 + 0.05 + noise
-    return np.clip(scaled * top, 0, top)
+    clipped: np.ndarray = np.clip(scaled * top, 0, top)
+    return clipped
 
 
 def _encode(array: np.ndarray, fmt: str, bits16: bool) -> bytes:
@@ -90,7 +91,7 @@ def write_ieee8023(root: Path, count: int, side: int, images: bool, pool: Proces
     for i in range(count):
         fmt = "PNG" if i % 2 else "JPEG"
         filename = f"bench-{i:07d}.{'png' if fmt == 'PNG' else 'jpg'}"
-        row = dict.fromkeys(NEWEST_HEADER, "")
+        row: dict[str, Any] = dict.fromkeys(NEWEST_HEADER, "")
         row.update(
             patientid=str(10_000 + i // 2),
             offset=str(i % 2 * 3),
@@ -122,7 +123,8 @@ def write_ieee8023(root: Path, count: int, side: int, images: bool, pool: Proces
 
 def write_v7(root: Path, rows: list[dict[str, Any]]) -> Path:
     """A COCO export (zip) annotating every third ieee8023 image with two lung polygons."""
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for number, row in enumerate(rows[::3], start=1):
         width, height = row["_size"]
         tags = [f"PatientID:{row['patientid']}", "X-ray", f"View/{row['view'].replace(' ', '_')}", f"Sex/{row['sex']}"]
@@ -219,14 +221,14 @@ def write_bimcv(root: Path, count: int, side: int, images: bool, pool: ProcessPo
     return paths
 
 
-def write_bimcv_archives(tree: Path, out: Path) -> None:
+def write_bimcv_archives(tree: Path, out: Path, images_per_part: int = IMAGES_PER_BIMCV_PART) -> None:
     """The tree as the release ships it: a head part (tables) and subject parts, plus sha1sums.txt."""
     out.mkdir(parents=True, exist_ok=True)
     files = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
     head = [f for f in files if "/derivatives/" in f or f.endswith("participants.tsv")]
     subjects = [f for f in files if f not in head]
     parts = {"covid19_posi_head.tar.gz": head}
-    per_part = IMAGES_PER_BIMCV_PART * 2  # png + json
+    per_part = images_per_part * 2  # png + json
     for n, start in enumerate(range(0, len(subjects), per_part)):
         parts[f"covid19_posi_subjects_part{n:03d}.tar.gz"] = subjects[start : start + per_part]
     sums = []
@@ -244,6 +246,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1000, help="image records (30%% ieee8023, 70%% BIMCV)")
     parser.add_argument("--side", type=int, default=1024, help="longest image side, pixels")
     parser.add_argument("--archives", action="store_true", help="also write BIMCV as .tar.gz parts + sha1sums")
+    parser.add_argument("--images-per-part", type=int, default=IMAGES_PER_BIMCV_PART, help="BIMCV images per part")
     parser.add_argument("--metadata-only", action="store_true", help="tables and annotations only, no image files")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
@@ -254,7 +257,7 @@ def main() -> None:
         write_v7(args.out / "v7_darwin", rows)
         write_bimcv(args.out / "bimcv", args.records - ieee_count, args.side, not args.metadata_only, pool)
     if args.archives:
-        write_bimcv_archives(args.out / "bimcv", args.out / "bimcv-archives")
+        write_bimcv_archives(args.out / "bimcv", args.out / "bimcv-archives", args.images_per_part)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(
         f"wrote {args.records} image records ({ieee_count} ieee8023 + {len(rows[::3])} V7 annotations + "

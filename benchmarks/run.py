@@ -68,6 +68,7 @@ def raw_read(files: list[Path]) -> tuple[float, int]:
 
 
 def raw_read_archives(folder: Path) -> tuple[float, int]:
+    """Every member of every part read once (one gunzip each): the limit of a build from the archives."""
     started = time.perf_counter()
     total = 0
     for archive in sorted(folder.glob("*.tar.gz")):
@@ -76,6 +77,22 @@ def raw_read_archives(folder: Path) -> tuple[float, int]:
                 handle = tar.extractfile(member) if member.isfile() else None
                 total += len(handle.read()) if handle is not None else 0
     return time.perf_counter() - started, total
+
+
+def archive_builds(archives: Path, work: Path) -> dict[str, Any]:
+    """BIMCV from its .tar.gz parts: the read limit, and builds on 1 and 2 processes with their steps
+    (discovery checks the sha1 of every part and gunzips it; the units gunzip it again)."""
+    seconds, total = raw_read_archives(archives)
+    result: dict[str, Any] = {"parts": len(list(archives.glob("*.tar.gz"))), "raw_read_s": seconds, "bytes": total}
+    for label, extra in (("1proc", ()), ("2proc", ("--num-proc", "2"))):
+        out, timings = work / f"archives_{label}", work / f"archives_{label}.json"
+        cmd = [sys.executable, "-m", "covid_cxr_unified.harmonize", "build", "--bimcv", str(archives)]
+        cmd += ["--out", str(out), "--no-progress", "--no-resume", "--timings", str(timings), *extra]
+        seconds, rss = _run(cmd)
+        steps = json.loads(timings.read_text())["timings_s"]
+        result[label] = {"s": seconds, "rss_mb": rss, "records": records_of(out), "steps": steps}
+        print("archives", label, f"{seconds:.1f} s", f"{rss:.0f} MB", flush=True)
+    return result
 
 
 def decode_once(files: list[Path]) -> float:
@@ -226,6 +243,8 @@ def main() -> None:
         results[f"{label}_steps"] = json.loads((work / f"{label}.json").read_text())["timings_s"]
         results["records"] = records_of(work / label)
         print(label, results["records"], f"{seconds:.1f} s", f"{rss:.0f} MB", flush=True)
+    if (args.sources / "bimcv-archives").is_dir():  # generate.py --archives
+        results["archives"] = archive_builds(args.sources / "bimcv-archives", work)
     results["imagefolder_s"] = imagefolder(files, work)
     print("imagefolder", results["imagefolder_s"], flush=True)
     results["load_first_s"], results["load_cached_s"] = load_times(work / "build_1proc", work)
