@@ -135,7 +135,7 @@ def read_config(
     wanted = None if record_ids is None else pa.array(sorted(set(record_ids)), pa.string())
     for split, paths in config_shards(build_dir, config, shards).items():
         for path in paths:
-            for table in _read_shard(path, columns, wanted):
+            for table in _shard_tables(path, columns, wanted):
                 tables.append(table.append_column("split", pa.array([split] * table.num_rows, pa.string())))
     if not tables:
         return pa.table({**{c: pa.array([], pa.null()) for c in columns}, "split": pa.array([], pa.string())})
@@ -173,17 +173,17 @@ def _row_groups(
                 yield split, parquet.read_row_group(group, columns=list(columns))
 
 
-def _read_shard(path: Path, columns: Sequence[str], wanted: pa.Array | None) -> list[pa.Table]:
+def _shard_tables(path: Path, columns: Sequence[str], wanted: pa.Array | None) -> Iterator[pa.Table]:
+    """The shard's `columns`; with `wanted` record ids, those rows, a row group at a time."""
     parquet = pq.ParquetFile(path)
     if wanted is None:
-        return [parquet.read(columns=list(columns))]
-    tables = []
+        yield parquet.read(columns=list(columns))
+        return
     for group in range(parquet.metadata.num_row_groups):
         ids = parquet.read_row_group(group, columns=["record_id"]).column("record_id")
         hit = pc.is_in(ids, value_set=wanted)
         if pc.any(hit).as_py():
-            tables.append(parquet.read_row_group(group, columns=list(columns)).filter(hit))
-    return tables
+            yield parquet.read_row_group(group, columns=list(columns)).filter(hit)
 
 
 def _rows(data: Rows, columns: Sequence[str]) -> list[dict[str, Any]]:
@@ -425,7 +425,7 @@ def contact_sheet(
     chosen = choose_sample(records, n)
     by_id = {r["record_id"]: r for r in records}
     return _write_sheet(
-        [by_id[rid] for rid in chosen],
+        [(render_tile(by_id[rid], tile), by_id[rid]) for rid in chosen],
         path,
         title=title,
         columns=columns,
@@ -434,9 +434,31 @@ def contact_sheet(
     )
 
 
+def _sample_tiles(
+    build_dir: Path, config: str, chosen: Sequence[str], shards: Mapping[str, Sequence[str]] | None, size: int
+) -> list[tuple[Image.Image, dict[str, Any]]]:
+    """(tile, caption fields) of each chosen record that has an image, in `chosen` order; each tile is
+    made as its row group is read, so the sample's image bytes are never in memory together."""
+    wanted = pa.array(sorted(set(chosen)), pa.string())
+    tiles = {}
+    for paths in config_shards(build_dir, config, shards).values():
+        for table in (t for path in paths for t in _shard_tables(path, SHEET_COLUMNS, wanted)):
+            for row in _iter_rows(table, SHEET_COLUMNS):
+                if row["image"] is not None:
+                    tiles[row["record_id"]] = (render_tile(row, size), {k: v for k, v in row.items() if k != "image"})
+    return [tiles[rid] for rid in chosen if rid in tiles]
+
+
 def _write_sheet(
-    picked: Sequence[Mapping[str, Any]], path: Path, *, title: str, columns: int, tile: int, total: int
+    picked: Sequence[tuple[Image.Image, Mapping[str, Any]]],
+    path: Path,
+    *,
+    title: str,
+    columns: int,
+    tile: int,
+    total: int,
 ) -> Path:
+    """The contact sheet of `picked` (tile, caption fields) tiles."""
     pad, header, caption = 8, 56, 40
     columns = max(1, min(columns, len(picked))) if picked else columns
     grid_rows = max(1, -(-len(picked) // columns))
@@ -449,10 +471,10 @@ def _write_sheet(
     subtitle = f"{len(picked)} of {total:,} records (keyed hash of record_id); captions: view · COVID-19 state"
     draw.text((pad + 2, 33), subtitle, fill=_MUTED, font=small)
     _legend(draw, width - pad, 35, small)
-    for index, row in enumerate(picked):
+    for index, (picture, row) in enumerate(picked):
         left = pad + (index % columns) * (tile + pad)
         top = header + (index // columns) * (tile + caption + pad)
-        sheet.paste(render_tile(row, tile), (left, top))
+        sheet.paste(picture, (left, top))
         view = _class_name(row["view"], VIEW_NAMES)
         state = _class_name(row["covid19"], LABEL_STATE_NAMES)
         dot = top + tile + 6
@@ -678,6 +700,9 @@ def _sample_candidates(keys: pa.Table) -> Iterator[dict[str, Any]]:
             yield {"record_id": rid, "source": source, "masks": masked}
 
 
+_CARD_TILE = 192  # px a side of a contact-sheet picture in the card
+
+
 def render_card_figures(
     build_dir: Path,
     config: str,
@@ -699,9 +724,7 @@ def render_card_figures(
     plot_rows = _ConfigRows(build_dir, config, PLOT_COLUMNS, shards)
     keys = _row_groups(build_dir, config, ("record_id", "source", "masks"), shards)
     chosen = choose_sample((row for _, table in keys for row in _sample_candidates(table)), samples)
-    picked = _rows(read_config(build_dir, config, SHEET_COLUMNS, record_ids=chosen, shards=shards), SHEET_COLUMNS)
-    by_id = {r["record_id"]: r for r in picked if r["image"] is not None}
-    ordered = [by_id[rid] for rid in chosen if rid in by_id]
+    ordered = _sample_tiles(build_dir, config, chosen, shards, _CARD_TILE)
     figures = [
         CardFigure(
             "contact_sheet",
@@ -710,7 +733,7 @@ def render_card_figures(
                 out / f"{config}_contact_sheet.png",
                 title=f"{config}: sample images",
                 columns=6,
-                tile=192,
+                tile=_CARD_TILE,
                 total=len(plot_rows),
             ),
             f"{config}: {len(ordered)} sample images with lung (blue), finding (red) and ignore (yellow) masks",

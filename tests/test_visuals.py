@@ -316,3 +316,39 @@ def test_configs_are_read_from_the_shards_the_card_lists(tmp_path: Path) -> None
     (out / "README.md").unlink()  # without a card: the config folders
     assert read_config(out, "ieee8023", ("record_id",)).num_rows == table.num_rows
     assert read_config(out, "all", ("record_id",)).num_rows == 0
+
+
+def test_card_sample_images_are_not_in_memory_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each sample tile is made as its row group is read: twelve 1 MB images never sit in memory at once."""
+    import tracemalloc
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from covid_cxr_unified.harmonize import visuals
+    from covid_cxr_unified.harmonize.features import FEATURES
+
+    noise = np.random.default_rng(0).integers(0, 256, size=(12, 1024, 1024), dtype=np.uint8)
+    rows = [
+        {"record_id": f"x:{i:02d}", "source": "ieee8023", "view": 0, "covid19": 1, "image": {"bytes": _png(noise[i])}}
+        for i in range(12)
+    ]
+    schema = pa.schema([FEATURES.arrow_schema.field(c) for c in visuals.SHEET_COLUMNS])
+    (tmp_path / "data" / "c").mkdir(parents=True)
+    shard = tmp_path / "data" / "c" / "train-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema), shard, row_group_size=1)
+    held: list[int] = []
+    render = visuals.render_tile
+
+    def measured(row: dict[str, Any], size: int) -> Image.Image:
+        held.append(tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes())
+        return render(row, size)
+
+    monkeypatch.setattr(visuals, "render_tile", measured)
+    tracemalloc.start()
+    try:
+        tiles = visuals._sample_tiles(tmp_path, "c", [r["record_id"] for r in rows][::-1], None, 64)
+    finally:
+        tracemalloc.stop()
+    assert [row["record_id"] for _, row in tiles] == [f"x:{i:02d}" for i in range(12)][::-1]
+    assert len(held) == 12 and max(held) < 4 * 1024 * 1024  # one image as Arrow, as bytes, and slack
