@@ -279,6 +279,7 @@ class _ArchiveScan:
 
 
 def _scan_archive(archive: Path, sums: dict[str, str], max_members: int, max_json_bytes: int, at: Path) -> _ArchiveScan:
+    """Check the archive's sha1 and index its members into a new index file `at` (runs in any process)."""
     verify_sha1(archive, sums)
     part = _Index(DiskIndex(at=at))
     members = _index_members(archive, part, max_members, max_json_bytes)
