@@ -74,7 +74,7 @@ from covid_cxr_unified.harmonize.features import FEATURES, canonical_json
 from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, Grouping, KeyColumns, group_records
 from covid_cxr_unified.harmonize.guards import GuardReport, verify_splits
 from covid_cxr_unified.harmonize.license_policy import LicensePolicy
-from covid_cxr_unified.harmonize.processes import map_ordered
+from covid_cxr_unified.harmonize.processes import imap_ordered, map_ordered
 from covid_cxr_unified.harmonize.report import write_report
 from covid_cxr_unified.harmonize.shards import DEFAULT_SHARD_BYTES, ShardWriter
 from covid_cxr_unified.harmonize.splits import DEFAULT_SPLIT_KEY, SPLITS, SplitRatios, assign_split
@@ -292,9 +292,12 @@ def _build_in(
     fingerprint = _fingerprint(inputs)
     with timer.step("report"):
         write_report(staging, configs, fingerprint, guard, grouping)
-    with timer.step("card figures"):
+    with timer.step("card figures"), tqdm(total=len(configs), desc="card figures", disable=not options.progress) as bar:
         calls = [(_figures, staging, c.name, c.shards) for c in configs]
-        figures = dict(zip([c.name for c in configs], map_ordered(calls, options.num_proc), strict=True))
+        figures = {}
+        for config, drawn in zip(configs, imap_ordered(calls, options.num_proc), strict=True):
+            figures[config.name] = drawn
+            bar.update()
     with timer.step("card, croissant, licenses"):
         (staging / "README.md").write_text(render_card(configs, fingerprint, guard, figures), encoding="utf-8")
         write_croissant(staging, data_files={c.name: c.shards for c in configs})
@@ -604,12 +607,15 @@ def _write_all_shards(spooled: list[_Spooled], plan: _Plan, staging: Path, optio
     extra = _folded_rows(involved, folded, staging / "spool")
     writers = _split_writers(staging, ALL_CONFIG, options)
     licenses: Counter[str] = Counter()
-    for s in involved:
-        for start, table in _spool_batches(s.spools):
-            rows, kept = _merge_batch(table, plan.merges, folded, extra)
-            licenses.update(rows.column("license_id").to_pylist())
-            if rows.num_rows:
-                _route(rows, plan.splits[s.source][start + kept], writers)
+    total = sum(s.rows for s in involved)
+    with tqdm(total=total, desc=f"route {ALL_CONFIG}", unit=" records", disable=not options.progress) as bar:
+        for s in involved:
+            for start, table in _spool_batches(s.spools):
+                rows, kept = _merge_batch(table, plan.merges, folded, extra)
+                licenses.update(rows.column("license_id").to_pylist())
+                if rows.num_rows:
+                    _route(rows, plan.splits[s.source][start + kept], writers)
+                bar.update(table.num_rows)
     counts, sizes, shards = _close(writers, staging)
     return counts, sizes, shards, licenses
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,13 @@ def test_unreachable_dask_scheduler_is_a_typed_error(
     )
     with pytest.raises(BuildError, match="dask scheduler"):
         build(sources[:1], options)
+
+
+def test_every_long_step_shows_a_progress_bar(
+    sources: list[SourceSpec], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build(sources, BuildOptions(out=tmp_path / "out", progress=True))
+    shown = capsys.readouterr().err
+    steps = ["discover", "bimcv: verify and index archives", "units: records", "route all", "card figures"]
+    for step in [*steps, *(f"route {source.value}" for source in Source)]:
+        assert re.search(rf"\r{re.escape(step)}: 100%\|", shown), step
