@@ -300,7 +300,7 @@ def _build_in(
             bar.update()
     with timer.step("card, croissant, licenses"):
         (staging / "README.md").write_text(render_card(configs, fingerprint, guard, figures), encoding="utf-8")
-        write_croissant(staging, data_files={c.name: c.shards for c in configs})
+        write_croissant(staging, data_files={c.name: c.shards for c in configs}, progress=options.progress)
         (staging / "LICENSE.md").write_text(render_license_file(configs), encoding="utf-8")
     return BuildResult(
         out=staging,

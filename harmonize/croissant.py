@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import ClassLabel, Features, Image, Json, List, Value
+from tqdm import tqdm
 
 from covid_cxr_unified.adapters import adapter_class
 from covid_cxr_unified.harmonize.data_files import DataFiles, build_data_files
@@ -223,6 +224,7 @@ def croissant_jsonld(
     url: str | None = None,
     version: str = "1.0.0",
     data_files: DataFiles | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The Croissant 1.0 JSON-LD document of the build folder `build_dir`, as a dict.
 
@@ -232,6 +234,7 @@ def croissant_jsonld(
     (`{c.name: c.shards for c in result.configs}`); without it they are read from the card's
     YAML, or else taken from `data/<config>/`. A shard listed by two configs (the `all` config
     reusing another config's shards) is one `cr:FileObject`, included by both configs' file sets.
+    `progress`: a bar while the shards are hashed (every byte of the build is read).
     """
     shards = build_data_files(build_dir, data_files)
     sources = _sources_in(shards)
@@ -258,7 +261,8 @@ def croissant_jsonld(
     if split_names:
         record_sets.append(_splits_record_set(split_names))
     unique = sorted({path for per_split in shards.values() for paths in per_split.values() for path in paths})
-    distribution.extend(_file_object(build_dir, path) for path in unique)
+    hashing = tqdm(unique, desc="croissant: sha256 of the shards", unit=" shards", disable=not progress)
+    distribution.extend(_file_object(build_dir, path) for path in hashing)
     for config, per_split in shards.items():
         if not per_split:
             continue
