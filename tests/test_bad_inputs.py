@@ -172,3 +172,19 @@ def test_the_table_renders_for_people() -> None:
 
     text = markdown_table()
     assert text.count("\n") == len(TABLE) + 2 and "| bimcv-tar-symlink | bimcv |" in text
+
+
+ARCHIVE_ERRORS = [row for row in TABLE if row.case_id.startswith("bimcv-tar") and row.expected.kind == "error"]
+
+
+@pytest.mark.parametrize("row", ARCHIVE_ERRORS, ids=[row.case_id for row in ARCHIVE_ERRORS])
+def test_an_archive_error_is_the_same_from_worker_processes(row: Row, tmp_path: Path) -> None:
+    """Archives are scanned in worker processes with num_proc > 1: each error comes back whole."""
+    case = BUILDERS[row.case_id](tmp_path)
+    seen = []
+    for num_proc in (1, 3):
+        adapter = adapter_class(case.source.value)(case.path, images=case.images, num_proc=num_proc, **case.limits)
+        with pytest.raises(HarmonizeError) as caught:
+            list(adapter.run())
+        seen.append((type(caught.value).__name__, str(caught.value)))
+    assert seen[0] == seen[1] and seen[0][0] == row.expected.what and row.expected.fragment in seen[0][1], seen
