@@ -273,7 +273,6 @@ class _ArchiveScan:
 
     archive: str
     sha1: str
-    members: int
     listing: bool | None  # whether its verified `*.tar-tvf.txt` names exactly its members; None: it has none
     at: Path
 
@@ -285,9 +284,9 @@ def _scan_archive(archive: Path, sums: dict[str, str], max_members: int, max_jso
     members = _index_members(archive, part, max_members, max_json_bytes)
     listing = part.index.table("listing")
     if not _read_listing(archive, sums, listing):
-        return _ArchiveScan(archive.name, sums[archive.name], members, None, at)
+        return _ArchiveScan(archive.name, sums[archive.name], None, at)
     matches = len(listing) == members and all(path in part.found for path in listing)  # its members are distinct
-    return _ArchiveScan(archive.name, sums[archive.name], members, matches, at)
+    return _ArchiveScan(archive.name, sums[archive.name], matches, at)
 
 
 def _index_members(archive: Path, part: _Index, max_members: int, max_json_bytes: int) -> int:

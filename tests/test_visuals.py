@@ -6,16 +6,21 @@ import io
 import json
 import random
 import struct
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from covid_cxr_unified.harmonize import visuals
 from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
+from covid_cxr_unified.harmonize.features import FEATURES
 from covid_cxr_unified.harmonize.splits import SPLITS
 from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
 from covid_cxr_unified.harmonize.visuals import (
@@ -320,14 +325,6 @@ def test_configs_are_read_from_the_shards_the_card_lists(tmp_path: Path) -> None
 
 def test_card_sample_images_are_not_in_memory_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each sample tile is made as its row group is read: twelve 1 MB images never sit in memory at once."""
-    import tracemalloc
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from covid_cxr_unified.harmonize import visuals
-    from covid_cxr_unified.harmonize.features import FEATURES
-
     noise = np.random.default_rng(0).integers(0, 256, size=(12, 1024, 1024), dtype=np.uint8)
     rows = [
         {"record_id": f"x:{i:02d}", "source": "ieee8023", "view": 0, "covid19": 1, "image": {"bytes": _png(noise[i])}}
