@@ -292,7 +292,8 @@ def _build_in(
     fingerprint = _fingerprint(inputs)
     with timer.step("report"):
         write_report(staging, configs, fingerprint, guard, grouping)
-    with timer.step("card figures"), tqdm(total=len(configs), desc="card figures", disable=not options.progress) as bar:
+    bar = tqdm(total=len(configs), desc="card figures", unit=" configs", disable=not options.progress)
+    with timer.step("card figures"), bar:
         calls = [(_figures, staging, c.name, c.shards) for c in configs]
         figures = {}
         for config, drawn in zip(configs, imap_ordered(calls, options.num_proc), strict=True):
