@@ -124,6 +124,7 @@ class ConfigResult:
     shards: dict[str, list[str]]  # split -> shard globs relative to the build folder
     licenses: Counter[str]
     report: AdapterReport | None = None  # None for the `all` config
+    sha256: dict[str, str] = field(default_factory=dict)  # its own shards: path -> sha256, as written
 
     def nonempty_splits(self) -> list[str]:
         return [split for split in SPLITS if self.split_counts[split]]
@@ -301,7 +302,9 @@ def _build_in(
             bar.update()
     with timer.step("card, croissant, licenses"):
         (staging / "README.md").write_text(render_card(configs, fingerprint, guard, figures), encoding="utf-8")
-        write_croissant(staging, data_files={c.name: c.shards for c in configs}, progress=options.progress)
+        written = {path: digest for c in configs for path, digest in c.sha256.items()}
+        data_files = {c.name: c.shards for c in configs}
+        write_croissant(staging, data_files=data_files, sha256=written)
         (staging / "LICENSE.md").write_text(render_license_file(configs), encoding="utf-8")
     return BuildResult(
         out=staging,
@@ -525,13 +528,16 @@ def _route(table: pa.Table, split: np.ndarray, writers: dict[str, ShardWriter]) 
         writer.write_table(table.filter(pa.array(split == index)))
 
 
-def _close(
-    writers: dict[str, ShardWriter], staging: Path
-) -> tuple[dict[str, int], dict[str, int], dict[str, list[str]]]:
+_Closed = tuple[dict[str, int], dict[str, int], dict[str, list[str]], dict[str, str]]
+
+
+def _close(writers: dict[str, ShardWriter], staging: Path) -> _Closed:
+    """(rows, bytes, shard paths) per split, and the sha256 of each shard."""
     shards = {split: [p.relative_to(staging).as_posix() for p in w.close()] for split, w in writers.items()}
     counts = {split: writers[split].rows for split in SPLITS}
     sizes = {split: sum((staging / p).stat().st_size for p in shards[split]) for split in SPLITS}
-    return counts, sizes, shards
+    digests = {p.relative_to(staging).as_posix(): d for w in writers.values() for p, d in w.sha256.items()}
+    return counts, sizes, shards, digests
 
 
 def _write_source_config(spooled: _Spooled, split: np.ndarray, staging: Path, options: BuildOptions) -> ConfigResult:
@@ -541,9 +547,9 @@ def _write_source_config(spooled: _Spooled, split: np.ndarray, staging: Path, op
         for start, table in _spool_batches(spooled.spools):
             _route(table, split[start : start + table.num_rows], writers)
             bar.update(table.num_rows)
-    counts, sizes, shards = _close(writers, staging)
+    counts, sizes, shards, digests = _close(writers, staging)
     give_back_freed_memory()  # before the next config
-    return ConfigResult(name, counts, sizes, shards, spooled.licenses, spooled.report)
+    return ConfigResult(name, counts, sizes, shards, spooled.licenses, spooled.report, digests)
 
 
 def _folded_rows(spooled: list[_Spooled], folded: set[str], scratch: Path) -> DiskTable:
@@ -598,10 +604,9 @@ def _merge_batch(
     return combined.take(pa.array([position[i] for i in kept], type=pa.int64())), np.asarray(kept, dtype=np.int64)
 
 
-_AllShards = tuple[dict[str, int], dict[str, int], dict[str, list[str]], Counter[str]]
-
-
-def _write_all_shards(spooled: list[_Spooled], plan: _Plan, staging: Path, options: BuildOptions) -> _AllShards:
+def _write_all_shards(
+    spooled: list[_Spooled], plan: _Plan, staging: Path, options: BuildOptions
+) -> tuple[_Closed, Counter[str]]:
     """The `all` config's own shards: the sources with merged images, merged (runs in any process)."""
     folded = {r for rs in plan.merges.values() for r in rs}
     involved = [s for s in spooled if s.source in plan.involved]
@@ -617,8 +622,7 @@ def _write_all_shards(spooled: list[_Spooled], plan: _Plan, staging: Path, optio
                 if rows.num_rows:
                     _route(rows, plan.splits[s.source][start + kept], writers)
                 bar.update(table.num_rows)
-    counts, sizes, shards = _close(writers, staging)
-    return counts, sizes, shards, licenses
+    return _close(writers, staging), licenses
 
 
 def _write_configs(spooled: list[_Spooled], plan: _Plan, staging: Path, options: BuildOptions) -> list[ConfigResult]:
@@ -627,8 +631,7 @@ def _write_configs(spooled: list[_Spooled], plan: _Plan, staging: Path, options:
         (_write_source_config, s, plan.splits[s.source], staging, options) for s in spooled
     ]
     calls.append((_write_all_shards, spooled, plan, staging, options))
-    *configs, all_shards = map_ordered(calls, options.num_proc)
-    counts, sizes, shards, licenses = all_shards
+    *configs, ((counts, sizes, shards, digests), licenses) = map_ordered(calls, options.num_proc)
     for config in configs:
         if config.name not in plan.involved:
             licenses.update(config.licenses)
@@ -636,7 +639,7 @@ def _write_configs(spooled: list[_Spooled], plan: _Plan, staging: Path, options:
                 counts[split] += config.split_counts[split]
                 sizes[split] += config.split_bytes[split]
                 shards[split] += config.shards[split]
-    return [*configs, ConfigResult(ALL_CONFIG, counts, sizes, shards, licenses)]
+    return [*configs, ConfigResult(ALL_CONFIG, counts, sizes, shards, licenses, sha256=digests)]
 
 
 def _write_attribution(path: Path, spooled: list[_Spooled]) -> None:

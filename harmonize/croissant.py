@@ -14,19 +14,19 @@ inputs give the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import ClassLabel, Features, Image, Json, List, Value
-from tqdm import tqdm
 
 from covid_cxr_unified.adapters import adapter_class
 from covid_cxr_unified.harmonize.data_files import DataFiles, build_data_files
 from covid_cxr_unified.harmonize.errors import HarmonizeError
+from covid_cxr_unified.harmonize.shards import sha256_file
 from covid_cxr_unified.harmonize.splits import SPLITS
 
 CROISSANT_FILENAME = "croissant.json"
@@ -115,14 +115,6 @@ FIELD_DESCRIPTIONS = {
     "COCO RLE (`counts`) of an image of `size` [height, width], with `area` and `bbox` [x, y, w, h]",
     "license_id": "SPDX-like id of the image license; the license_* booleans say what it permits.",
 }
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _field_type(feature: Any) -> str | None:
@@ -224,7 +216,7 @@ def croissant_jsonld(
     url: str | None = None,
     version: str = "1.0.0",
     data_files: DataFiles | None = None,
-    progress: bool = False,
+    sha256: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Croissant 1.0 JSON-LD document of the build folder `build_dir`, as a dict.
 
@@ -234,7 +226,8 @@ def croissant_jsonld(
     (`{c.name: c.shards for c in result.configs}`); without it they are read from the card's
     YAML, or else taken from `data/<config>/`. A shard listed by two configs (the `all` config
     reusing another config's shards) is one `cr:FileObject`, included by both configs' file sets.
-    `progress`: a bar while the shards are hashed (every byte of the build is read).
+    `sha256`: shard path (relative to `build_dir`) -> its sha256, known already (a build's writers take
+    them as each shard closes); the others are read and hashed.
     """
     shards = build_data_files(build_dir, data_files)
     sources = _sources_in(shards)
@@ -261,8 +254,7 @@ def croissant_jsonld(
     if split_names:
         record_sets.append(_splits_record_set(split_names))
     unique = sorted({path for per_split in shards.values() for paths in per_split.values() for path in paths})
-    hashing = tqdm(unique, desc="croissant: sha256 of the shards", unit=" shards", disable=not progress)
-    distribution.extend(_file_object(build_dir, path) for path in hashing)
+    distribution.extend(_file_object(build_dir, path, sha256 or {}) for path in unique)
     for config, per_split in shards.items():
         if not per_split:
             continue
@@ -292,7 +284,7 @@ def _fingerprint(build_dir: Path) -> str | None:
     return None if value is None else str(value)
 
 
-def _file_object(build_dir: Path, path: Path) -> dict[str, Any]:
+def _file_object(build_dir: Path, path: Path, known: Mapping[str, str]) -> dict[str, Any]:
     relative = path.relative_to(build_dir).as_posix()
     return {
         "@type": "cr:FileObject",
@@ -301,7 +293,7 @@ def _file_object(build_dir: Path, path: Path) -> dict[str, Any]:
         "contentUrl": relative,
         "contentSize": f"{path.stat().st_size} B",
         "encodingFormat": PARQUET_MIME,
-        "sha256": sha256_file(path),
+        "sha256": known.get(relative) or sha256_file(path),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,11 @@ class ShardWriter:
         self._shard_bytes = 0
         self._writer: pq.ParquetWriter | None = None
         self._paths: list[Path] = []
+        # A shard's sha256 is taken as it closes, while its bytes are still in the page cache (the
+        # Croissant file lists them); spools need none.
+        self._hash = not spool
+        self._digests: list[str] = []
+        self.sha256: dict[Path, str] = {}  # final shard path -> sha256 of its bytes, set by `close()`
 
     def write(self, row: dict[str, Any]) -> None:
         """Append one row as `record_to_row` makes it: already in FEATURES' Arrow form (image as
@@ -164,6 +170,8 @@ class ShardWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            if self._hash:
+                self._digests.append(sha256_file(self._paths[-1]))
         self._shard_bytes = 0
 
     def close(self) -> list[Path]:
@@ -177,4 +185,15 @@ class ShardWriter:
             path = self.folder / f"{self.prefix}-{index:05d}-of-{total:05d}.parquet"
             partial.rename(path)
             final.append(path)
+        if self._hash:
+            self.sha256 = dict(zip(final, self._digests, strict=True))
         return final
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read a chunk at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

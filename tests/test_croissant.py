@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from covid_cxr_unified.harmonize import croissant
 from covid_cxr_unified.harmonize.build import BuildOptions, SourceSpec, build
 from covid_cxr_unified.harmonize.croissant import (
     CONFORMS_TO,
@@ -151,6 +152,25 @@ def test_record_sets_name_real_columns_and_resolve(source: Path, tmp_path: Path)
     for path in _shards(out):
         match = pattern.match(str(path))
         assert match and match.group(1) == path.name.split("-")[0]
+
+
+def test_a_build_lists_each_shards_sha256_as_written_without_reading_it_again(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_again(path: Path) -> str:
+        raise AssertionError(f"{path} was read again to hash it")
+
+    monkeypatch.setattr(croissant, "sha256_file", read_again)
+    v7 = write_v7_darwin(tmp_path / "v7", source, seed=7)
+    out = tmp_path / "out"
+    specs = [SourceSpec(Source.IEEE8023, source), SourceSpec(Source.V7_DARWIN, v7.coco_json)]
+    build(specs, BuildOptions(out=out, progress=False))
+    files = _by_type(json.loads((out / "croissant.json").read_text(encoding="utf-8")), "cr:FileObject")
+    shards = _shards(out)
+    assert any("/all/" in path.as_posix() for path in shards)  # the all config's own shards too
+    assert {f["contentUrl"]: f["sha256"] for f in files} == {
+        path.relative_to(out).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() for path in shards
+    }
 
 
 def test_file_is_deterministic_and_valid_json(source: Path, tmp_path: Path) -> None:

@@ -129,6 +129,5 @@ def test_every_long_step_shows_a_progress_bar(
     build(sources, BuildOptions(out=tmp_path / "out", progress=True))
     shown = capsys.readouterr().err
     steps = ["discover", "bimcv: verify and index archives", "units: records", "route all", "card figures"]
-    steps.append("croissant: sha256 of the shards")
     for step in [*steps, *(f"route {source.value}" for source in Source)]:
         assert re.search(rf"\r{re.escape(step)}: 100%\|", shown), step
