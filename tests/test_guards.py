@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from datasets import DatasetDict, concatenate_datasets, load_dataset
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset
 from typer.testing import CliRunner
 
 import covid_cxr_unified.harmonize.build as build_module
@@ -83,8 +83,6 @@ def test_cli_verify_passes_and_fails(demo_build: Path, tmp_path: Path) -> None:
 
 
 def test_shortcut_warnings_name_the_source() -> None:
-    from datasets import Dataset
-
     rows = {
         "record_id": ["a:1", "b:1", "a:2", "b:2"],
         "source": ["a", "b", "a", "b"],
@@ -103,8 +101,6 @@ def test_shortcut_warnings_name_the_source() -> None:
 
 
 def test_linked_group_leaks_are_named_by_their_smallest_patient_and_need_two_patients() -> None:
-    from datasets import Dataset
-
     def link(patient: str) -> list[dict[str, str | None]]:
         return [{"record_id": None, "patient_id": patient, "relation": "same_patient"}]
 
