@@ -98,7 +98,8 @@ def run_unit_job(
     """Process one unit into its spool shard and manifest; return the manifest. Runs in any process."""
     folder = Path(job.folder)
     worker = adapter.unit_worker()
-    writer = ShardWriter(folder, f"{job.unit.index:05d}", max_shard_bytes=2**62, spool=True)
+    limit = 2**62  # a unit's spool is one file, however large
+    writer = ShardWriter(folder, f"{job.unit.index:05d}", max_shard_bytes=limit, max_row_groups=limit, spool=True)
     licenses: Counter[str] = Counter()
     for emitted in worker.run_unit(job.unit, _policy_filter(policy), tick):
         writer.write(record_to_row(emitted.record, emitted.image_bytes))

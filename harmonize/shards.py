@@ -25,6 +25,11 @@ DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
 ROW_GROUP_ROWS = 500
 ROW_GROUP_IMAGE_ROWS = 100
 ROW_GROUP_IMAGE_BYTES = 16 * 1024 * 1024
+# A shard also closes at 64 row groups (6,400 small images, 32,000 metadata-only rows): an open
+# writer holds ~75 KB of footer per row group, and serializing it at close takes as much again, so a
+# shard of small images that the byte limit alone would close only after hundreds of row groups
+# cost tens of MB. Readers decode the whole footer on opening a shard, too.
+MAX_SHARD_ROW_GROUPS = 64
 # Image bytes are PNG/JPEG, already compressed: stored as they are, without dictionary or statistics
 # (zstd, dictionaries and min/max over megabyte blobs cost CPU and gain nothing).
 _STORED_AS_IS = frozenset({"image.bytes"})
@@ -74,25 +79,35 @@ class _Size:
 
 
 class ShardWriter:
-    """Writes `<prefix>-XXXXX-of-NNNNN.parquet` shards of at most ~`max_shard_bytes` image bytes.
+    """Writes `<prefix>-XXXXX-of-NNNNN.parquet` shards of at most ~`max_shard_bytes` image bytes and
+    `max_row_groups` row groups.
 
     Rows are buffered up to one row group (see ROW_GROUP_*); a shard is closed when its payload
-    passes the limit. Shard names get their final `-of-N` only at `close()`, when N is known.
+    passes the byte limit or it holds `max_row_groups` row groups. Shard names get their final `-of-N`
+    only at `close()`, when N is known.
     """
 
     def __init__(
-        self, folder: Path, prefix: str, max_shard_bytes: int = DEFAULT_SHARD_BYTES, *, spool: bool = False
+        self,
+        folder: Path,
+        prefix: str,
+        max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+        *,
+        max_row_groups: int = MAX_SHARD_ROW_GROUPS,
+        spool: bool = False,
     ) -> None:
         self.folder = folder
         self._options = writer_options(spool)
         self.prefix = prefix
         self.max_shard_bytes = max_shard_bytes
+        self.max_row_groups = max_row_groups
         self.rows = 0
         self._schema: pa.Schema = FEATURES.arrow_schema
         self._rows: list[dict[str, Any]] = []  # rows from `write`, not yet a table
         self._tables: list[pa.Table] = []  # the row group being gathered
         self._group = _Size()
         self._shard_bytes = 0
+        self._shard_groups = 0
         self._writer: pq.ParquetWriter | None = None
         self._paths: list[Path] = []
         # A shard's sha256 is taken as it closes, while its bytes are still in the page cache (the
@@ -141,7 +156,7 @@ class ShardWriter:
         self._shard_bytes += size.image_bytes
         if self._group.full() or self._shard_bytes >= self.max_shard_bytes:
             self._flush()
-        if self._shard_bytes >= self.max_shard_bytes:
+        if self._shard_bytes >= self.max_shard_bytes or self._shard_groups >= self.max_row_groups:
             self._close_shard()
 
     def _take_rows(self) -> None:
@@ -163,6 +178,7 @@ class ShardWriter:
         if self._tables:
             group = pa.concat_tables(self._tables)
             self._shard_writer().write_table(group, row_group_size=max(group.num_rows, 1))
+            self._shard_groups += 1
         self._tables = []
         self._group = _Size()
 
@@ -173,6 +189,7 @@ class ShardWriter:
             if self._hash:
                 self._digests.append(sha256_file(self._paths[-1]))
         self._shard_bytes = 0
+        self._shard_groups = 0
 
     def close(self) -> list[Path]:
         """Finish and rename the shards. An empty split gets none: `datasets` cannot read an empty

@@ -30,6 +30,11 @@ def _row_groups(paths: list[Path]) -> list[list[int]]:
             for p in paths]
 
 
+def _image_bytes(path: Path) -> int:
+    images = pq.read_table(path, columns=["image"]).column("image").to_pylist()
+    return sum(len(image["bytes"]) for image in images if image is not None)
+
+
 def _write_rows(folder: Path, rows: list[dict[str, Any]], max_shard_bytes: int = 2**40) -> list[Path]:
     writer = ShardWriter(folder, "train", max_shard_bytes)
     for row in rows:
@@ -53,14 +58,30 @@ def test_rows_with_images_close_a_row_group_at_100_rows_or_at_the_byte_limit(
     assert _row_groups(paths) == [[10, 10, 5]]
 
 
-def test_tables_are_cut_exactly_where_single_rows_would_be(tmp_path: Path) -> None:
+def test_a_shard_closes_at_its_row_group_limit(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path, "train", max_row_groups=2)
+    for row in _rows(5 * shards.ROW_GROUP_IMAGE_ROWS + 3, lambda i: 10):
+        writer.write(row)
+    paths = writer.close()
+    assert [p.name for p in paths] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    assert _row_groups(paths) == [[100, 100], [100, 100], [100, 3]]
+    assert ShardWriter(tmp_path, "test").max_row_groups == shards.MAX_SHARD_ROW_GROUPS
+
+
+def test_tables_are_cut_exactly_where_single_rows_would_be(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shards, "ROW_GROUP_IMAGE_ROWS", 20)  # so that both shard limits are reached
     chooser = random.Random(7)
     sizes = [None if chooser.random() < 0.3 else chooser.randint(1, 60) for _ in range(700)]
     rows = _rows(len(sizes), lambda i: sizes[i])
-    one_by_one = _write_rows(tmp_path / "rows", rows, max_shard_bytes=2_000)
-    assert len(one_by_one) > 5  # the shard limit was reached several times
+    writer = ShardWriter(tmp_path / "rows", "train", 1_800, max_row_groups=3)
+    for row in rows:
+        writer.write(row)
+    one_by_one = writer.close()
+    assert len(one_by_one) > 5  # the shard limits were reached several times
+    payloads = [_image_bytes(p) for p in one_by_one[:-1]]
+    assert min(payloads) < 1_800 <= max(payloads)  # shards closed by each limit
     table = pa.Table.from_pylist(rows, schema=FEATURES.arrow_schema)
-    writer = ShardWriter(tmp_path / "tables", "train", 2_000)
+    writer = ShardWriter(tmp_path / "tables", "train", 1_800, max_row_groups=3)
     start = 0
     while start < table.num_rows:
         step = chooser.randint(1, 150)
