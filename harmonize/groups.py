@@ -236,9 +236,9 @@ class _BandSearch:
         group = value[right_rows]
         run = group >> label_bits << label_bits
         if width + label_bits <= max(20, n.bit_length() + 2):  # where (key, label) values start: count them
-            starts = np.bincount(value, minlength=1 << (width + label_bits))
-            starts = np.cumsum(starts) - starts
-            run_start, group_start = starts[run], starts[group]
+            ends = np.bincount(value, minlength=1 << (width + label_bits))
+            np.cumsum(ends, out=ends)  # in place: a table of 2^19 counts is 4 MB
+            run_start, group_start = (np.where(v > 0, ends[v - 1], 0) for v in (run, group))
         else:
             run_start, group_start = np.searchsorted(value, run), np.searchsorted(value, group)
         return order, right_rows, group_start - run_start, run_start

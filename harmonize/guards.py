@@ -470,7 +470,11 @@ def _phash_words(rows: _Rows, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarra
         return None
     length = lengths.pop() if lengths else 0
     width = max(1, -(-length // 64))  # 64-bit words per hash
-    return np.concatenate([w.reshape(-1, width) for w in words]), np.concatenate(valid), length
+    parts = [w.reshape(-1, width) for w in words]
+    joined = np.empty((width, sum(len(w) for w in parts)), dtype=np.uint64)
+    for index in range(width):  # each column contiguous, as the search wants them: no copy there
+        np.concatenate([w[:, index] for w in parts], out=joined[index])
+    return joined.T, np.concatenate(valid), length
 
 
 def _label_by_source(rows: _Rows) -> dict[str, dict[str, dict[str, int]]]:
