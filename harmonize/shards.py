@@ -78,6 +78,68 @@ class _Size:
         )
 
 
+def row_image_bytes(row: dict[str, Any]) -> int:
+    """The image bytes of a row as `record_to_row` makes it, -1 when it has none."""
+    image = row.get("image")
+    return len(image["bytes"]) if image and image["bytes"] is not None else -1
+
+
+class _Cutter:
+    """Where row groups and shards close, from the image bytes of each row alone: the writer's rules,
+    also used to plan shards before they are written (`shard_rows`)."""
+
+    def __init__(self, max_shard_bytes: int, max_row_groups: int) -> None:
+        self.max_shard_bytes = max_shard_bytes
+        self.max_row_groups = max_row_groups
+        self.group = _Size()
+        self.shard_bytes = 0
+        self.shard_groups = 0
+
+    def rows_until_full(self, has_image: np.ndarray, image_bytes: np.ndarray) -> int:
+        """How many of these rows go in before the row group or the shard is full (the row that fills
+        it included), or all of them."""
+        full = (
+            (self.group.rows + np.arange(1, len(has_image) + 1) >= ROW_GROUP_ROWS)
+            | (self.group.image_rows + np.cumsum(has_image) >= ROW_GROUP_IMAGE_ROWS)
+            | (self.group.image_bytes + np.cumsum(image_bytes) >= ROW_GROUP_IMAGE_BYTES)
+            | (self.shard_bytes + np.cumsum(image_bytes) >= self.max_shard_bytes)
+        )
+        return int(np.argmax(full)) + 1 if full.any() else len(has_image)
+
+    def add(self, size: _Size) -> tuple[bool, bool]:
+        """Count rows in: (whether the row group closes, whether the shard closes)."""
+        self.group += size
+        self.shard_bytes += size.image_bytes
+        close_group = self.group.full() or self.shard_bytes >= self.max_shard_bytes
+        if close_group:
+            self.group = _Size()
+            self.shard_groups += 1
+        close_shard = self.shard_bytes >= self.max_shard_bytes or self.shard_groups >= self.max_row_groups
+        if close_shard:
+            self.shard_bytes = self.shard_groups = 0
+        return close_group, close_shard
+
+
+def shard_rows(
+    image_bytes: np.ndarray, max_shard_bytes: int = DEFAULT_SHARD_BYTES, max_row_groups: int = MAX_SHARD_ROW_GROUPS
+) -> list[int]:
+    """The rows of each shard that a ShardWriter writes for rows with these image bytes (-1: none)."""
+    cutter = _Cutter(max_shard_bytes, max_row_groups)
+    has_image, sizes = image_bytes >= 0, np.maximum(image_bytes, 0)
+    counts, start, first = [], 0, 0
+    while start < len(sizes):
+        window = slice(start, start + ROW_GROUP_ROWS)  # no row group holds more rows
+        stop = start + cutter.rows_until_full(has_image[window], sizes[window])
+        size = _Size(stop - start, int(has_image[start:stop].sum()), int(sizes[start:stop].sum()))
+        if cutter.add(size)[1]:
+            counts.append(stop - first)
+            first = stop
+        start = stop
+    if first < len(sizes):
+        counts.append(len(sizes) - first)
+    return counts
+
+
 class ShardWriter:
     """Writes `<prefix>-XXXXX-of-NNNNN.parquet` shards of at most ~`max_shard_bytes` image bytes and
     `max_row_groups` row groups.
@@ -99,15 +161,11 @@ class ShardWriter:
         self.folder = folder
         self._options = writer_options(spool)
         self.prefix = prefix
-        self.max_shard_bytes = max_shard_bytes
-        self.max_row_groups = max_row_groups
+        self._cutter = _Cutter(max_shard_bytes, max_row_groups)
         self.rows = 0
         self._schema: pa.Schema = FEATURES.arrow_schema
         self._rows: list[dict[str, Any]] = []  # rows from `write`, not yet a table
         self._tables: list[pa.Table] = []  # the row group being gathered
-        self._group = _Size()
-        self._shard_bytes = 0
-        self._shard_groups = 0
         self._writer: pq.ParquetWriter | None = None
         self._paths: list[Path] = []
         # A shard's sha256 is taken as it closes, while its bytes are still in the page cache (the
@@ -120,9 +178,8 @@ class ShardWriter:
         """Append one row as `record_to_row` makes it: already in FEATURES' Arrow form (image as
         {bytes, path}, class labels as ints, JSON as text), so `datasets`' per-row encoding is skipped."""
         self._rows.append(row)
-        image = row.get("image")
-        size = len(image["bytes"]) if image and image["bytes"] is not None else None
-        self._added(_Size(1, int(size is not None), size or 0))
+        size = row_image_bytes(row)
+        self._added(_Size(1, int(size >= 0), max(size, 0)))
 
     def write_table(self, table: pa.Table) -> None:
         """Append rows that are already encoded with FEATURES (e.g. read back from a spool shard); row
@@ -132,31 +189,19 @@ class ShardWriter:
         image_bytes = lengths.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         start = 0
         while start < table.num_rows:
-            stop = start + self._rows_until_full(has_image[start:], image_bytes[start:])
+            stop = start + self._cutter.rows_until_full(has_image[start:], image_bytes[start:])
             self._take_rows()
             self._tables.append(table.slice(start, stop - start).cast(self._schema))
             size = _Size(stop - start, int(has_image[start:stop].sum()), int(image_bytes[start:stop].sum()))
             self._added(size)
             start = stop
 
-    def _rows_until_full(self, has_image: np.ndarray, image_bytes: np.ndarray) -> int:
-        """How many of these rows go in before the row group or the shard is full (the row that fills
-        it included), or all of them."""
-        full = (
-            (self._group.rows + np.arange(1, len(has_image) + 1) >= ROW_GROUP_ROWS)
-            | (self._group.image_rows + np.cumsum(has_image) >= ROW_GROUP_IMAGE_ROWS)
-            | (self._group.image_bytes + np.cumsum(image_bytes) >= ROW_GROUP_IMAGE_BYTES)
-            | (self._shard_bytes + np.cumsum(image_bytes) >= self.max_shard_bytes)
-        )
-        return int(np.argmax(full)) + 1 if full.any() else len(has_image)
-
     def _added(self, size: _Size) -> None:
         self.rows += size.rows
-        self._group += size
-        self._shard_bytes += size.image_bytes
-        if self._group.full() or self._shard_bytes >= self.max_shard_bytes:
+        close_group, close_shard = self._cutter.add(size)
+        if close_group:
             self._flush()
-        if self._shard_bytes >= self.max_shard_bytes or self._shard_groups >= self.max_row_groups:
+        if close_shard:
             self._close_shard()
 
     def _take_rows(self) -> None:
@@ -178,9 +223,7 @@ class ShardWriter:
         if self._tables:
             group = pa.concat_tables(self._tables)
             self._shard_writer().write_table(group, row_group_size=max(group.num_rows, 1))
-            self._shard_groups += 1
         self._tables = []
-        self._group = _Size()
 
     def _close_shard(self) -> None:
         if self._writer is not None:
@@ -188,8 +231,6 @@ class ShardWriter:
             self._writer = None
             if self._hash:
                 self._digests.append(sha256_file(self._paths[-1]))
-        self._shard_bytes = 0
-        self._shard_groups = 0
 
     def close(self) -> list[Path]:
         """Finish and rename the shards. An empty split gets none: `datasets` cannot read an empty

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -65,7 +66,6 @@ def test_a_shard_closes_at_its_row_group_limit(tmp_path: Path) -> None:
     paths = writer.close()
     assert [p.name for p in paths] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
     assert _row_groups(paths) == [[100, 100], [100, 100], [100, 3]]
-    assert ShardWriter(tmp_path, "test").max_row_groups == shards.MAX_SHARD_ROW_GROUPS
 
 
 def test_tables_are_cut_exactly_where_single_rows_would_be(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,6 +91,16 @@ def test_tables_are_cut_exactly_where_single_rows_would_be(tmp_path: Path, monke
     assert writer.rows == len(rows)
     assert [p.name for p in from_tables] == [p.name for p in one_by_one]
     assert [p.read_bytes() for p in from_tables] == [p.read_bytes() for p in one_by_one]
+    planned = shards.shard_rows(np.asarray([-1 if size is None else size for size in sizes]), 1_800, 3)
+    assert planned == [pq.ParquetFile(p).metadata.num_rows for p in one_by_one]
+
+
+def test_planned_shards_follow_the_default_limits() -> None:
+    many = np.full(2 * 64 * shards.ROW_GROUP_IMAGE_ROWS + 5, 10)  # small images: 64 row groups a shard
+    assert shards.shard_rows(many) == [6_400, 6_400, 5]
+    large = np.full(40, 10 * 1024 * 1024)  # 10 MB images: 26 fill 256 MB
+    assert shards.shard_rows(large) == [26, 14]
+    assert shards.shard_rows(np.full(1_200, -1)) == [1_200] and shards.shard_rows(np.empty(0, dtype=np.int64)) == []
 
 
 def test_footers_keep_statistics_of_filterable_columns_only(tmp_path: Path) -> None:
