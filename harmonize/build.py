@@ -34,6 +34,7 @@ import os
 import shutil
 import sqlite3
 import time
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -74,9 +75,9 @@ from covid_cxr_unified.harmonize.features import FEATURES, canonical_json
 from covid_cxr_unified.harmonize.groups import NEAR_DUPLICATE_BITS, Grouping, KeyColumns, group_records
 from covid_cxr_unified.harmonize.guards import GuardReport, verify_splits
 from covid_cxr_unified.harmonize.license_policy import LicensePolicy
-from covid_cxr_unified.harmonize.processes import imap_ordered, map_ordered
+from covid_cxr_unified.harmonize.processes import imap_ordered
 from covid_cxr_unified.harmonize.report import write_report
-from covid_cxr_unified.harmonize.shards import DEFAULT_SHARD_BYTES, ShardWriter
+from covid_cxr_unified.harmonize.shards import DEFAULT_SHARD_BYTES, ShardWriter, shard_rows
 from covid_cxr_unified.harmonize.splits import DEFAULT_SPLIT_KEY, SPLITS, SplitRatios, assign_split
 from covid_cxr_unified.harmonize.visuals import render_card_figures
 from covid_cxr_unified.schema.record import SCHEMA_VERSION
@@ -149,7 +150,9 @@ class _Spooled:
     source: str
     report: AdapterReport
     spools: list[Path] = field(default_factory=list)  # one shard per unit with records, in unit order
+    spool_rows: list[int] = field(default_factory=list)  # rows of each spool
     rows: int = 0
+    image_bytes: array[int] = field(default_factory=lambda: array("q"))  # per record, -1: no image
     licenses: Counter[str] = field(default_factory=Counter)
 
 
@@ -404,7 +407,9 @@ def _figures(staging: Path, name: str, shards: dict[str, list[str]]) -> Any:
 def _merge(spooled: _Spooled, result: UnitResult) -> None:
     if result.spool is not None:
         spooled.spools.append(result.spool)
+        spooled.spool_rows.append(result.rows)
     spooled.rows += result.rows
+    spooled.image_bytes.extend(result.image_bytes)
     spooled.licenses.update(result.licenses)
 
 
@@ -528,28 +533,128 @@ def _route(table: pa.Table, split: np.ndarray, writers: dict[str, ShardWriter]) 
         writer.write_table(table.filter(pa.array(split == index)))
 
 
-_Closed = tuple[dict[str, int], dict[str, int], dict[str, list[str]], dict[str, str]]
+@dataclass(frozen=True)
+class _SplitShards:
+    """The shards of one split of a config, as written."""
+
+    rows: int = 0
+    bytes: int = 0
+    paths: list[str] = field(default_factory=list)  # relative to the build folder
+    sha256: dict[str, str] = field(default_factory=dict)  # path -> sha256
+
+    def __add__(self, other: _SplitShards) -> _SplitShards:
+        return _SplitShards(
+            self.rows + other.rows, self.bytes + other.bytes, self.paths + other.paths, self.sha256 | other.sha256
+        )
 
 
-def _close(writers: dict[str, ShardWriter], staging: Path) -> _Closed:
-    """(rows, bytes, shard paths) per split, and the sha256 of each shard."""
-    shards = {split: [p.relative_to(staging).as_posix() for p in w.close()] for split, w in writers.items()}
-    counts = {split: writers[split].rows for split in SPLITS}
-    sizes = {split: sum((staging / p).stat().st_size for p in shards[split]) for split in SPLITS}
-    digests = {p.relative_to(staging).as_posix(): d for w in writers.values() for p, d in w.sha256.items()}
-    return counts, sizes, shards, digests
+def _closed(writer: ShardWriter, staging: Path) -> _SplitShards:
+    paths = writer.close()
+    named = {path: path.relative_to(staging).as_posix() for path in paths}
+    sha256 = {named[path]: digest for path, digest in writer.sha256.items()}
+    return _SplitShards(writer.rows, sum(path.stat().st_size for path in paths), list(named.values()), sha256)
 
 
-def _write_source_config(spooled: _Spooled, split: np.ndarray, staging: Path, options: BuildOptions) -> ConfigResult:
-    name = spooled.source
-    writers = _split_writers(staging, name, options)
-    with tqdm(total=spooled.rows, desc=f"route {name}", unit=" records", disable=not options.progress) as bar:
-        for start, table in _spool_batches(spooled.spools):
-            _route(table, split[start : start + table.num_rows], writers)
-            bar.update(table.num_rows)
-    counts, sizes, shards, digests = _close(writers, staging)
-    give_back_freed_memory()  # before the next config
-    return ConfigResult(name, counts, sizes, shards, spooled.licenses, spooled.report, digests)
+def _config_result(
+    name: str, splits: dict[str, _SplitShards], licenses: Counter[str], report: AdapterReport | None = None
+) -> ConfigResult:
+    return ConfigResult(
+        name,
+        {split: splits[split].rows for split in SPLITS},
+        {split: splits[split].bytes for split in SPLITS},
+        {split: splits[split].paths for split in SPLITS},
+        licenses,
+        report,
+        {path: digest for split in SPLITS for path, digest in splits[split].sha256.items()},
+    )
+
+
+@dataclass(frozen=True)
+class _Stretch:
+    """Records first..stop of a source, in spool order, that hold exactly one of its train shards
+    (planned from the records' image bytes). Each stretch is written on its own, in any process: its
+    train shard, and its validation and test rows into segments, which one call per split then
+    writes into shards (those rows lie among all the spools: reading every spool again for them would
+    double the reads)."""
+
+    config: str
+    index: int
+    first: int
+    stop: int
+    train_shards: int  # of the config; 0: it has no train rows (a single stretch then holds every record)
+
+    @property
+    def train_path(self) -> str:
+        return f"data/{self.config}/train-{self.index:05d}-of-{self.train_shards:05d}.parquet"
+
+    def segment(self, staging: Path, split: str) -> Path:
+        return staging / "segments" / self.config / f"{split}-{self.index:05d}"
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A written stretch: its train shard, and its validation and test segments (split -> file)."""
+
+    train: _SplitShards
+    segments: dict[str, Path]
+
+
+def _stretches(spooled: _Spooled, split: np.ndarray, options: BuildOptions) -> list[_Stretch]:
+    """A stretch per train shard of a source config: the shards one ShardWriter makes of its train records."""
+    image_bytes = np.frombuffer(spooled.image_bytes, dtype=np.int64)
+    train = np.flatnonzero(split == SPLITS.index("train"))
+    counts = shard_rows(image_bytes[train], options.max_shard_bytes)
+    firsts = np.cumsum([0, *counts])[1:-1]  # among the train records, where shards 1.. start
+    cuts = [0, *train[firsts].tolist(), len(split)]
+    return [_Stretch(spooled.source, k, cuts[k], cuts[k + 1], len(counts)) for k in range(len(cuts) - 1)]
+
+
+def _write_stretch(
+    spools: list[Path], spool_rows: list[int], split: np.ndarray, stretch: _Stretch, staging: Path
+) -> _Written:
+    one_file = 2**62  # as the limits of a writer: its rows go in one file
+    scratch = staging / f"{stretch.train_path}.parts"
+    writers = {"train": ShardWriter(scratch, "train", one_file, max_row_groups=one_file)}
+    for name in SPLITS[1:]:
+        writers[name] = ShardWriter(stretch.segment(staging, name), name, one_file, max_row_groups=one_file, spool=True)
+    for start, table in _spool_rows_between(spools, spool_rows, stretch.first, stretch.stop):
+        _route(table, split[start : start + table.num_rows], writers)
+    train = _closed(writers["train"], scratch)
+    if train.paths:  # its one file, under the planned name
+        (written,) = train.paths
+        (scratch / written).rename(staging / stretch.train_path)
+        scratch.rmdir()
+        train = _SplitShards(train.rows, train.bytes, [stretch.train_path], {stretch.train_path: train.sha256[written]})
+    segments = {name: path for name in SPLITS[1:] for path in writers[name].close()}
+    give_back_freed_memory()
+    return _Written(train, segments)
+
+
+def _spool_rows_between(
+    spools: list[Path], spool_rows: list[int], first: int, stop: int
+) -> Iterator[tuple[int, pa.Table]]:
+    """(position of its first row, its rows within first..stop) of each spool row group that has some,
+    in spool order; the other spools and row groups are not read."""
+    start = 0
+    for spool, rows in zip(spools, spool_rows, strict=True):
+        if start < stop and first < start + rows:
+            parquet = pq.ParquetFile(spool)
+            for group in range(parquet.metadata.num_row_groups):
+                n = parquet.metadata.row_group(group).num_rows
+                a, b = max(first, start), min(stop, start + n)
+                if a < b:
+                    yield a, parquet.read_row_group(group).slice(a - start, b - a)
+                start += n
+        else:
+            start += rows
+
+
+def _write_split(segments: list[Path], config: str, split: str, staging: Path, options: BuildOptions) -> _SplitShards:
+    """The validation or test split of a source config, from its segments in stretch order."""
+    writer = ShardWriter(staging / "data" / config, split, options.max_shard_bytes)
+    for _, table in _spool_batches(segments):
+        writer.write_table(table)
+    return _closed(writer, staging)
 
 
 def _folded_rows(spooled: list[_Spooled], folded: set[str], scratch: Path) -> DiskTable:
@@ -606,40 +711,63 @@ def _merge_batch(
 
 def _write_all_shards(
     spooled: list[_Spooled], plan: _Plan, staging: Path, options: BuildOptions
-) -> tuple[_Closed, Counter[str]]:
+) -> tuple[dict[str, _SplitShards], Counter[str]]:
     """The `all` config's own shards: the sources with merged images, merged (runs in any process)."""
     folded = {r for rs in plan.merges.values() for r in rs}
     involved = [s for s in spooled if s.source in plan.involved]
     extra = _folded_rows(involved, folded, staging / "spool")
     writers = _split_writers(staging, ALL_CONFIG, options)
     licenses: Counter[str] = Counter()
-    total = sum(s.rows for s in involved)
-    with tqdm(total=total, desc=f"route {ALL_CONFIG}", unit=" records", disable=not options.progress) as bar:
-        for s in involved:
-            for start, table in _spool_batches(s.spools):
-                rows, kept = _merge_batch(table, plan.merges, folded, extra)
-                licenses.update(rows.column("license_id").to_pylist())
-                if rows.num_rows:
-                    _route(rows, plan.splits[s.source][start + kept], writers)
-                bar.update(table.num_rows)
-    return _close(writers, staging), licenses
+    for s in involved:
+        for start, table in _spool_batches(s.spools):
+            rows, kept = _merge_batch(table, plan.merges, folded, extra)
+            licenses.update(rows.column("license_id").to_pylist())
+            if rows.num_rows:
+                _route(rows, plan.splits[s.source][start + kept], writers)
+    return {split: _closed(writer, staging) for split, writer in writers.items()}, licenses
 
 
 def _write_configs(spooled: list[_Spooled], plan: _Plan, staging: Path, options: BuildOptions) -> list[ConfigResult]:
-    """Every config; with num_proc > 1 the configs are written by that many processes at once."""
-    calls: list[tuple[Any, ...]] = [
-        (_write_source_config, s, plan.splits[s.source], staging, options) for s in spooled
-    ]
-    calls.append((_write_all_shards, spooled, plan, staging, options))
-    *configs, ((counts, sizes, shards, digests), licenses) = map_ordered(calls, options.num_proc)
-    for config in configs:
+    """Every config, `num_proc` processes at once: first the stretches of every source config (see
+    `_Stretch`), then the `all` config's own shards and the source configs' validation and test splits."""
+    stretches = [(s, stretch) for s in spooled for stretch in _stretches(s, plan.splits[s.source], options)]
+    later = [(s, name) for s in spooled for name in SPLITS[1:]]
+    involved = sum(s.rows for s in spooled if s.source in plan.involved)
+    later_rows = [int((plan.splits[s.source] == SPLITS.index(name)).sum()) for s, name in later]
+    total = sum(s.rows for s in spooled) + involved + sum(later_rows)
+    with tqdm(total=total, desc="route shards", unit=" records", disable=not options.progress) as bar:
+        calls: list[tuple[Any, ...]] = [
+            (_write_stretch, s.spools, s.spool_rows, plan.splits[s.source], t, staging) for s, t in stretches
+        ]
+        done = _run_counted(calls, [t.stop - t.first for _, t in stretches], options.num_proc, bar)
+        written = {s.source: [w for (owner, _), w in zip(stretches, done, strict=True) if owner is s] for s in spooled}
+        calls = [(_write_all_shards, spooled, plan, staging, options)]
+        for s, name in later:
+            segments = [w.segments[name] for w in written[s.source] if name in w.segments]
+            calls.append((_write_split, segments, s.source, name, staging, options))
+        (all_splits, licenses), *closed = _run_counted(calls, [involved, *later_rows], options.num_proc, bar)
+    shutil.rmtree(staging / "segments", ignore_errors=True)
+    configs = []
+    for s in spooled:
+        train = sum((w.train for w in written[s.source]), _SplitShards())
+        mine = {name: shards for (owner, name), shards in zip(later, closed, strict=True) if owner is s}
+        configs.append(_config_result(s.source, {"train": train, **mine}, s.licenses, s.report))
+    for config in configs:  # the `all` config lists the shards of the sources without merged images
         if config.name not in plan.involved:
             licenses.update(config.licenses)
             for split in SPLITS:
-                counts[split] += config.split_counts[split]
-                sizes[split] += config.split_bytes[split]
-                shards[split] += config.shards[split]
-    return [*configs, ConfigResult(ALL_CONFIG, counts, sizes, shards, licenses, sha256=digests)]
+                listed = _SplitShards(config.split_counts[split], config.split_bytes[split], config.shards[split])
+                all_splits[split] += listed
+    return [*configs, _config_result(ALL_CONFIG, all_splits, licenses)]
+
+
+def _run_counted(calls: list[tuple[Any, ...]], records: list[int], num_proc: int, bar: tqdm[Any]) -> list[Any]:
+    """The results of the calls (see `imap_ordered`); the bar moves on by each call's records as it ends."""
+    results = []
+    for count, result in zip(records, imap_ordered(calls, num_proc), strict=True):
+        results.append(result)
+        bar.update(count)
+    return results
 
 
 def _write_attribution(path: Path, spooled: list[_Spooled]) -> None:

@@ -86,7 +86,7 @@ def build(
     max_json_bytes: MaxJson = None,
     max_archive_members: MaxMembers = None,
     num_proc: Annotated[
-        int, typer.Option("--num-proc", min=1, help="worker processes: units, BIMCV archive scans (same output)")
+        int, typer.Option("--num-proc", min=1, help="processes for units, BIMCV archive scans, shards (same output)")
     ] = 1,
     engine: Annotated[
         str, typer.Option("--engine", help="local (this machine, --num-proc processes) or dask")

@@ -31,11 +31,11 @@ from covid_cxr_unified.adapters.base import Adapter, AdapterReport, ItemNote, Un
 from covid_cxr_unified.harmonize.errors import BuildError
 from covid_cxr_unified.harmonize.features import record_to_row
 from covid_cxr_unified.harmonize.license_policy import LicensePolicy, record_permitted
-from covid_cxr_unified.harmonize.shards import ShardWriter
+from covid_cxr_unified.harmonize.shards import ShardWriter, row_image_bytes
 from covid_cxr_unified.schema.record import Record
 
 KILL_ENV = "COVID_CXR_UNIFIED_KILL_AT"  # test hook: SIGKILL the build at the named checkpoint
-MANIFEST_VERSION = 2  # 2: keys and credits are read from the spool, not listed here
+MANIFEST_VERSION = 3  # 2: keys and credits are read from the spool, not listed here; 3: image_bytes
 
 
 class Engine(StrEnum):
@@ -67,6 +67,7 @@ class UnitResult:
 
     spool: Path | None  # the unit's records; pass 2 reads grouping keys and credits from its columns
     rows: int
+    image_bytes: list[int]  # per row: the bytes of its image, -1 for none
     licenses: Counter[str]
     delta: UnitDelta
     resumed: bool = False
@@ -101,8 +102,11 @@ def run_unit_job(
     limit = 2**62  # a unit's spool is one file, however large
     writer = ShardWriter(folder, f"{job.unit.index:05d}", max_shard_bytes=limit, max_row_groups=limit, spool=True)
     licenses: Counter[str] = Counter()
+    image_bytes = []  # per row, so that pass 3 can plan the shards without reading the images
     for emitted in worker.run_unit(job.unit, _policy_filter(policy), tick):
-        writer.write(record_to_row(emitted.record, emitted.image_bytes))
+        row = record_to_row(emitted.record, emitted.image_bytes)
+        writer.write(row)
+        image_bytes.append(row_image_bytes(row))
         licenses[emitted.record.license.license_id] += 1
     paths = writer.close()
     delta = worker.delta()
@@ -112,6 +116,7 @@ def run_unit_job(
         "resume_key": job.resume_key,
         "spool": paths[0].name if paths else None,
         "rows": writer.rows,
+        "image_bytes": image_bytes,
         "licenses": dict(licenses),
         "report": _report_json(delta.report),
         "state": {name: _state_json(value) for name, value in delta.state.items()},
@@ -164,6 +169,7 @@ def _result(job: UnitJob, manifest: dict[str, Any], resumed: bool) -> UnitResult
     return UnitResult(
         spool=None if manifest["spool"] is None else Path(job.folder) / manifest["spool"],
         rows=manifest["rows"],
+        image_bytes=manifest["image_bytes"],
         licenses=Counter(manifest["licenses"]),
         delta=UnitDelta(_report_from_json(job.source, manifest["report"]), manifest["state"], manifest["digest"]),
         resumed=resumed,

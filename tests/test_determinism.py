@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from array import array
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from treedigest import tree_digest
 
 from covid_cxr_unified.adapters import adapter_class
-from covid_cxr_unified.adapters.base import Adapter
+from covid_cxr_unified.adapters.base import Adapter, AdapterReport
 from covid_cxr_unified.harmonize import build as build_module
 from covid_cxr_unified.harmonize.build import BuildOptions, BuildResult, SourceSpec, build
+from covid_cxr_unified.harmonize.shards import ShardWriter
 from covid_cxr_unified.harmonize.synthetic.bimcv import write_bimcv
 from covid_cxr_unified.harmonize.synthetic.ieee8023 import write_ieee8023
 from covid_cxr_unified.schema.vocab import Source
@@ -41,6 +45,35 @@ def test_builds_with_1_and_2_processes_are_byte_identical(sources: list[SourceSp
     card = (tmp_path / "one" / "README.md").read_text()
     assert f"build_fingerprint: {one.fingerprint}" in card
     assert json.loads((tmp_path / "one" / "build_report.json").read_text())["fingerprint"] == one.fingerprint
+
+
+def test_source_shards_are_those_one_writer_per_split_writes(sources: list[SourceSpec], tmp_path: Path) -> None:
+    """Pass 3 plans each source config's shards from the records' image bytes and writes them one by
+    one, in any process: the files must be those of one ShardWriter fed the whole split."""
+    limit = 5_000
+    result = _build(sources, tmp_path / "out", num_proc=2, max_shard_bytes=limit)
+    several = 0
+    for config in (c for c in result.configs if c.name != "all"):
+        for split, shards in config.shards.items():
+            paths = [tmp_path / "out" / shard for shard in shards]
+            several += len(paths) > 2
+            writer = ShardWriter(tmp_path / "again" / config.name, split, limit)
+            for path in paths:
+                writer.write_table(pq.read_table(path))
+            again = writer.close()
+            assert [p.name for p in again] == [p.name for p in paths]
+            assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]
+    assert several
+
+
+def test_each_stretch_holds_one_train_shard_and_every_record_is_in_one_stretch() -> None:
+    spooled = build_module._Spooled("bimcv", AdapterReport("bimcv"), rows=9, image_bytes=array("q", [5] * 9))
+    options = BuildOptions(out=Path("unused"), max_shard_bytes=10)  # two 5-byte images fill a shard
+    split = np.asarray([1, 0, 2, 0, 0, 1, 0, 2, 2], dtype=np.int8)  # train (0): records 1, 3, 4, 6
+    stretches = build_module._stretches(spooled, split, options)
+    assert [(s.first, s.stop, s.index, s.train_shards) for s in stretches] == [(0, 4, 0, 2), (4, 9, 1, 2)]
+    no_train = build_module._stretches(spooled, np.ones(9, dtype=np.int8), options)
+    assert [(s.first, s.stop, s.train_shards) for s in no_train] == [(0, 9, 0)]
 
 
 def test_fingerprint_ignores_paths_and_file_times(sources: list[SourceSpec], tmp_path: Path) -> None:
