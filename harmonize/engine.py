@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -67,7 +68,7 @@ class UnitResult:
 
     spool: Path | None  # the unit's records; pass 2 reads grouping keys and credits from its columns
     rows: int
-    image_bytes: list[int]  # per row: the bytes of its image, -1 for none
+    image_bytes: array[int]  # per row: the bytes of its image, -1 for none (8 bytes each, not a Python int)
     licenses: Counter[str]
     delta: UnitDelta
     resumed: bool = False
@@ -169,7 +170,7 @@ def _result(job: UnitJob, manifest: dict[str, Any], resumed: bool) -> UnitResult
     return UnitResult(
         spool=None if manifest["spool"] is None else Path(job.folder) / manifest["spool"],
         rows=manifest["rows"],
-        image_bytes=manifest["image_bytes"],
+        image_bytes=array("q", manifest["image_bytes"]),
         licenses=Counter(manifest["licenses"]),
         delta=UnitDelta(_report_from_json(job.source, manifest["report"]), manifest["state"], manifest["digest"]),
         resumed=resumed,
