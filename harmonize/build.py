@@ -612,11 +612,10 @@ def _stretches(spooled: _Spooled, split: np.ndarray, options: BuildOptions) -> l
 def _write_stretch(
     spools: list[Path], spool_rows: list[int], split: np.ndarray, stretch: _Stretch, staging: Path
 ) -> _Written:
-    one_file = 2**62  # as the limits of a writer: its rows go in one file
     scratch = staging / f"{stretch.train_path}.parts"
-    writers = {"train": ShardWriter(scratch, "train", one_file, max_row_groups=one_file)}
+    writers = {"train": ShardWriter.one_file(scratch, "train")}
     for name in SPLITS[1:]:
-        writers[name] = ShardWriter(stretch.segment(staging, name), name, one_file, max_row_groups=one_file, spool=True)
+        writers[name] = ShardWriter.one_file(stretch.segment(staging, name), name, spool=True)
     for start, table in _spool_rows_between(spools, spool_rows, stretch.first, stretch.stop):
         _route(table, split[start : start + table.num_rows], writers)
     train = _closed(writers["train"], scratch)

@@ -100,8 +100,7 @@ def run_unit_job(
     """Process one unit into its spool shard and manifest; return the manifest. Runs in any process."""
     folder = Path(job.folder)
     worker = adapter.unit_worker()
-    limit = 2**62  # a unit's spool is one file, however large
-    writer = ShardWriter(folder, f"{job.unit.index:05d}", max_shard_bytes=limit, max_row_groups=limit, spool=True)
+    writer = ShardWriter.one_file(folder, f"{job.unit.index:05d}", spool=True)
     licenses: Counter[str] = Counter()
     image_bytes = []  # per row, so that pass 3 can plan the shards without reading the images
     for emitted in worker.run_unit(job.unit, _policy_filter(policy), tick):

@@ -174,6 +174,11 @@ class ShardWriter:
         self._digests: list[str] = []
         self.sha256: dict[Path, str] = {}  # final shard path -> sha256 of its bytes, set by `close()`
 
+    @classmethod
+    def one_file(cls, folder: Path, prefix: str, *, spool: bool = False) -> ShardWriter:
+        """A writer of a single shard, however large (a unit's spool, a planned shard): no shard limits."""
+        return cls(folder, prefix, 2**62, max_row_groups=2**62, spool=spool)
+
     def write(self, row: dict[str, Any]) -> None:
         """Append one row as `record_to_row` makes it: already in FEATURES' Arrow form (image as
         {bytes, path}, class labels as ints, JSON as text), so `datasets`' per-row encoding is skipped."""
