@@ -27,7 +27,3 @@ def imap_ordered(calls: Sequence[tuple[Any, ...]], num_proc: int) -> Iterator[An
             for future in futures:
                 future.cancel()
 
-
-def map_ordered(calls: Sequence[tuple[Any, ...]], num_proc: int) -> list[Any]:
-    """`[fn(*args) for fn, *args in calls]`, in up to `num_proc` forked processes; results in call order."""
-    return list(imap_ordered(calls, num_proc))

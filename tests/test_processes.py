@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from covid_cxr_unified.harmonize.processes import imap_ordered, map_ordered
+from covid_cxr_unified.harmonize.processes import imap_ordered
 
 
 def _after(seconds: float, value: str) -> tuple[str, int]:
@@ -27,10 +27,10 @@ def _fail(message: str) -> None:
 
 def test_results_come_in_call_order_from_worker_processes() -> None:
     calls = [(_after, 0.5, "slow"), (_after, 0.0, "fast"), (_after, 0.0, "last")]
-    results = map_ordered(calls, 2)
+    results = list(imap_ordered(calls, 2))
     assert [value for value, _ in results] == ["slow", "fast", "last"]
     assert os.getpid() not in {pid for _, pid in results}
-    here = map_ordered(calls, 1)
+    here = list(imap_ordered(calls, 1))
     assert [value for value, _ in here] == ["slow", "fast", "last"] and {pid for _, pid in here} == {os.getpid()}
 
 
